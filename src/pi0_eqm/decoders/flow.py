@@ -1,0 +1,69 @@
+"""openpi flow-matching decoder: t = 1 noise, x_t = t·ε + (1−t)·A, target ε − A, Euler from t = 1 to t = 0."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pi0_eqm.decoders.base import DecodeSettings
+from pi0_eqm.decoders.base import DecodeStats
+from pi0_eqm.decoders.config import FlowConfig
+from pi0_eqm.decoders.solver import normalized_residual
+from pi0_eqm.models.observation import Observation
+from pi0_eqm.models.pi0 import Pi0
+from pi0_eqm.models.pi0 import Pi0Config
+
+
+class FlowDecoder:
+    def __init__(self, config: Pi0Config):
+        if not isinstance(config.decoder, FlowConfig):
+            raise TypeError(f"FlowDecoder needs a FlowConfig, got {type(config.decoder).__name__}")
+        self.config = config
+        self.flow = config.decoder
+        self.model = Pi0(config)
+
+    def sample_time(self, rng: jax.Array, batch_size: int) -> jax.Array:
+        f = self.flow
+        return jax.random.beta(rng, f.beta_a, f.beta_b, (batch_size,)) * (1 - f.time_min) + f.time_min
+
+    def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array:
+        noise_rng, time_rng = jax.random.split(rng)
+        noise = jax.random.normal(noise_rng, actions.shape)
+        t = self.sample_time(time_rng, actions.shape[0])
+        te = t[:, None, None]
+        x_t = te * noise + (1 - te) * actions
+        u_t = noise - actions
+        v_t = self.model.apply({"params": params}, obs, x_t, t, method=Pi0.full_field)
+        return jnp.mean(jnp.square(v_t - u_t), axis=-1)
+
+    def decode(self, params, obs: Observation, rng: jax.Array, *, init=None, settings: DecodeSettings | None = None,
+               record: bool = False):
+        cfg = self.config
+        num_steps = self.flow.num_steps
+        if settings is not None and settings.max_iters is not None:
+            num_steps = settings.max_iters
+        b = obs.state.shape[0]
+        shape = (b, cfg.action_horizon, cfg.action_dim)
+        x0 = jax.random.normal(rng, shape) if init is None else init.astype(jnp.float32)
+        variables = {"params": params}
+        kv_cache, prefix_mask = self.model.apply(variables, obs, method=Pi0.prefill)
+        dt = -1.0 / num_steps
+
+        def velocity(x, t):
+            return self.model.apply(variables, kv_cache, prefix_mask, obs.state, x, jnp.broadcast_to(t, (b,)),
+                                    method=Pi0.expert_field)
+
+        def step(carry, _):
+            x, t, _ = carry
+            v = velocity(x, t)
+            return (x + dt * v, t + dt, v), (x if record else None)
+
+        (x, _, v_last), traj = jax.lax.scan(step, (x0, jnp.float32(1.0), jnp.zeros(shape)), None, length=num_steps)
+        stats = DecodeStats(
+            iterations=jnp.full((b,), num_steps, jnp.int32),
+            residual=normalized_residual(v_last, cfg.action_dim_mask()),
+            converged=jnp.ones((b,), bool),
+        )
+        if record:
+            stats = stats.replace(iterates=jnp.concatenate([traj, x[None]], axis=0))
+        return x, stats

@@ -1,0 +1,56 @@
+"""Named model presets: the full-size π₀ and CPU-sized variants with the same structure."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pi0_eqm.decoders.config import DecoderConfig
+from pi0_eqm.decoders.config import EqmConfig
+from pi0_eqm.models.pi0 import Pi0Config
+
+_PRESETS: dict[str, dict] = {
+    # openpi's Pi0Config(): Gemma-2B + Gemma-300M, SigLIP So400m/14, 3 × 224² images, H 50, D 32, 48 tokens.
+    "pi0": dict(),
+    # A few-hundred-thousand-parameter model for unit tests (runs in seconds on 2 CPU cores).
+    "pi0_tiny": dict(
+        dtype="float32",
+        paligemma_variant="gemma_tiny",
+        action_expert_variant="gemma_tiny_expert",
+        siglip_variant="tiny/8",
+        vocab_size=512,
+        action_horizon=8,
+        max_token_len=8,
+        image_resolution=(32, 32),
+        remat=False,
+    ),
+    # A few-million-parameter model for the embedded benchmark and the demo.
+    "pi0_small": dict(
+        dtype="float32",
+        paligemma_variant="gemma_small",
+        action_expert_variant="gemma_small_expert",
+        siglip_variant="small/8",
+        vocab_size=512,
+        action_horizon=16,
+        max_token_len=16,
+        image_resolution=(64, 64),
+        remat=False,
+    ),
+}
+
+
+def presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def model_config(name: str, decoder: DecoderConfig | None = None, **overrides) -> Pi0Config:
+    """``Pi0Config`` for preset ``name`` with the given decoder (default EqM) and field overrides."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {presets()}")
+    kwargs = dict(_PRESETS[name])
+    kwargs["decoder"] = decoder if decoder is not None else EqmConfig()
+    kwargs.update(overrides)
+    return Pi0Config(**kwargs)
+
+
+def with_decoder(config: Pi0Config, decoder: DecoderConfig) -> Pi0Config:
+    return dataclasses.replace(config, decoder=decoder)

@@ -1,0 +1,210 @@
+"""π₀: SigLIP + Gemma-2B backbone + Gemma-300M action expert sharing one attention (openpi layout).
+
+The model is a pure function of ``(params, inputs)``. It exposes the pieces the decoders need:
+
+* ``prefill(obs)``: prefix (images + prompt, bidirectional) through the backbone once → KV cache + prefix mask;
+* ``expert_field(cache, prefix_mask, state, x, time)``: suffix (state token + H action tokens) through the action
+  expert against the cached prefix → ``[B, H, action_dim]`` (flow velocity or EqM field);
+* ``full_field(obs, x, time)``: the same output from one uncached forward over prefix + suffix (used for training).
+
+Parameter tree (identical to openpi's ``Pi0`` for the same config)::
+
+    PaliGemma/img/...  PaliGemma/llm/...  state_proj  action_in_proj  action_time_mlp_in  action_time_mlp_out
+    action_out_proj
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pi0_eqm.decoders.config import DecoderConfig
+from pi0_eqm.decoders.config import EqmConfig
+from pi0_eqm.decoders.config import FlowConfig
+from pi0_eqm.models import gemma as _gemma
+from pi0_eqm.models import siglip as _siglip
+from pi0_eqm.models.observation import Observation
+from pi0_eqm.models.observation import make_attn_mask
+from pi0_eqm.models.observation import posemb_sincos
+
+IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pi0Config:
+    dtype: str = "bfloat16"
+    paligemma_variant: str = "gemma_2b"
+    action_expert_variant: str = "gemma_300m"
+    siglip_variant: str = "So400m/14"
+    vocab_size: int = _gemma.PALIGEMMA_VOCAB_SIZE
+    action_dim: int = 32  # padded model action dim
+    action_horizon: int = 50
+    max_token_len: int = 48
+    image_keys: tuple[str, ...] = IMAGE_KEYS
+    image_resolution: tuple[int, int] = (224, 224)
+    real_action_dim: int | None = None  # robot action dims (the rest is zero padding); None = all dims are real
+    decoder: DecoderConfig = dataclasses.field(default_factory=EqmConfig)
+    remat: bool = True
+
+    def __post_init__(self):
+        llm = _gemma.get_config(self.paligemma_variant)
+        exp = _gemma.get_config(self.action_expert_variant)
+        if (llm.depth, llm.num_heads, llm.num_kv_heads, llm.head_dim) != (
+            exp.depth, exp.num_heads, exp.num_kv_heads, exp.head_dim
+        ):
+            raise ValueError(
+                f"{self.paligemma_variant} and {self.action_expert_variant} must share depth/heads/head_dim"
+            )
+        _siglip.get_config(self.siglip_variant)
+        sig = _siglip.get_config(self.siglip_variant)
+        for r in self.image_resolution:
+            if r % sig.patch_size:
+                raise ValueError(f"image resolution {self.image_resolution} not divisible by patch {sig.patch_size}")
+        if self.real_action_dim is not None and not 0 < self.real_action_dim <= self.action_dim:
+            raise ValueError(f"real_action_dim must be in [1, {self.action_dim}], got {self.real_action_dim}")
+        if not isinstance(self.decoder, (FlowConfig, EqmConfig)):
+            raise TypeError(f"decoder must be FlowConfig or EqmConfig, got {type(self.decoder).__name__}")
+
+    @property
+    def llm_config(self) -> _gemma.GemmaConfig:
+        return _gemma.get_config(self.paligemma_variant)
+
+    @property
+    def expert_config(self) -> _gemma.GemmaConfig:
+        return _gemma.get_config(self.action_expert_variant)
+
+    @property
+    def num_image_tokens(self) -> int:
+        p = _siglip.get_config(self.siglip_variant).patch_size
+        return (self.image_resolution[0] // p) * (self.image_resolution[1] // p)
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.image_keys) * self.num_image_tokens + self.max_token_len
+
+    def action_dim_mask(self) -> jax.Array:
+        """``bool [action_dim]``: True on real (non-padded) action dims."""
+        n = self.action_dim if self.real_action_dim is None else self.real_action_dim
+        return jnp.arange(self.action_dim) < n
+
+    def fake_obs(self, batch_size: int = 1) -> Observation:
+        h, w = self.image_resolution
+        return Observation(
+            images={k: jnp.zeros((batch_size, h, w, 3), jnp.float32) for k in self.image_keys},
+            image_masks={k: jnp.ones((batch_size,), bool) for k in self.image_keys},
+            state=jnp.zeros((batch_size, self.action_dim), jnp.float32),
+            tokenized_prompt=jnp.zeros((batch_size, self.max_token_len), jnp.int32),
+            tokenized_prompt_mask=jnp.ones((batch_size, self.max_token_len), bool),
+        )
+
+    def fake_actions(self, batch_size: int = 1) -> jax.Array:
+        return jnp.zeros((batch_size, self.action_horizon, self.action_dim), jnp.float32)
+
+    def build(self) -> Pi0:
+        return Pi0(self)
+
+    def init(self, rng: jax.Array, batch_size: int = 1) -> dict[str, Any]:
+        """Random parameters (float32) as a pure dict ``{"PaliGemma": ..., "state_proj": ...}``."""
+        return self.build().init(rng, self.fake_obs(batch_size), self.fake_actions(batch_size), method=Pi0.init_all)[
+            "params"
+        ]
+
+
+class _PaliGemma(nn.Module):
+    config: Pi0Config
+
+    def setup(self):
+        cfg = self.config
+        self.llm = _gemma.Module(
+            configs=(cfg.llm_config, cfg.expert_config), vocab_size=cfg.vocab_size, dtype=cfg.dtype, remat=cfg.remat
+        )
+        self.img = _siglip.Module(
+            config=_siglip.get_config(cfg.siglip_variant), out_dim=cfg.llm_config.width, dtype=cfg.dtype,
+            remat=cfg.remat,
+        )
+
+
+class Pi0(nn.Module):
+    config: Pi0Config
+
+    def setup(self):
+        cfg = self.config
+        ew = cfg.expert_config.width
+        self.PaliGemma = _PaliGemma(cfg)
+        self.state_proj = nn.Dense(ew, name="state_proj")
+        self.action_in_proj = nn.Dense(ew, name="action_in_proj")
+        self.action_time_mlp_in = nn.Dense(ew, name="action_time_mlp_in")
+        self.action_time_mlp_out = nn.Dense(ew, name="action_time_mlp_out")
+        self.action_out_proj = nn.Dense(cfg.action_dim, name="action_out_proj")
+
+    # ------------------------------------------------------------------ embeddings
+    def embed_prefix(self, obs: Observation) -> tuple[jax.Array, jax.Array, jax.Array]:
+        tokens, input_mask = [], []
+        for key in self.config.image_keys:
+            if key not in obs.images:
+                raise KeyError(f"observation lacks image {key!r}; has {sorted(obs.images)}")
+            img_tokens = self.PaliGemma.img(obs.images[key])
+            tokens.append(img_tokens)
+            input_mask.append(jnp.broadcast_to(obs.image_masks[key][:, None], img_tokens.shape[:2]))
+        tokens.append(self.PaliGemma.llm.embed(obs.tokenized_prompt))
+        input_mask.append(obs.tokenized_prompt_mask)
+        tokens = jnp.concatenate(tokens, axis=1)
+        input_mask = jnp.concatenate(input_mask, axis=1).astype(bool)
+        ar_mask = jnp.zeros((tokens.shape[1],), dtype=bool)
+        return tokens, input_mask, ar_mask
+
+    def embed_suffix(self, state: jax.Array, x: jax.Array, time: jax.Array):
+        cfg = self.config
+        b, h, _ = x.shape
+        state_token = self.state_proj(state.astype(jnp.float32))[:, None, :]
+        action_tokens = self.action_in_proj(x.astype(jnp.float32))
+        time_emb = posemb_sincos(time.astype(jnp.float32), cfg.expert_config.width, 4e-3, 4.0)
+        time_tokens = jnp.broadcast_to(time_emb[:, None, :], (b, h, time_emb.shape[-1]))
+        action_time = jnp.concatenate([action_tokens, time_tokens], axis=-1)
+        action_time = self.action_time_mlp_out(nn.swish(self.action_time_mlp_in(action_time)))
+        tokens = jnp.concatenate([state_token, action_time], axis=1)
+        input_mask = jnp.ones(tokens.shape[:2], dtype=bool)
+        ar_mask = jnp.array([True] + [True] + [False] * (h - 1))
+        return tokens, input_mask, ar_mask
+
+    # ------------------------------------------------------------------ forward pieces
+    def prefill(self, obs: Observation) -> tuple[_gemma.KVCache, jax.Array]:
+        """Runs the prefix once; returns the per-layer KV cache and the prefix input mask ``[B, P]``."""
+        tokens, input_mask, ar_mask = self.embed_prefix(obs)
+        attn_mask = make_attn_mask(input_mask, ar_mask)
+        positions = jnp.cumsum(input_mask, axis=1) - 1
+        _, kv_cache = self.PaliGemma.llm([tokens, None], positions=positions, mask=attn_mask)
+        return kv_cache, input_mask
+
+    def expert_field(
+        self, kv_cache: _gemma.KVCache, prefix_mask: jax.Array, state: jax.Array, x: jax.Array, time: jax.Array
+    ) -> jax.Array:
+        """Action-expert output ``[B, H, D]`` (float32) for noisy actions ``x`` against a cached prefix."""
+        tokens, suffix_mask, suffix_ar = self.embed_suffix(state, x, time)
+        b, s = suffix_mask.shape
+        p = prefix_mask.shape[1]
+        suffix_attn = make_attn_mask(suffix_mask, suffix_ar)
+        prefix_attn = jnp.broadcast_to(prefix_mask[:, None, :], (b, s, p))
+        full_mask = jnp.concatenate([prefix_attn, suffix_attn], axis=-1)
+        positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
+        (_, suffix_out), _ = self.PaliGemma.llm([None, tokens], positions=positions, mask=full_mask, kv_cache=kv_cache)
+        return self.action_out_proj(suffix_out[:, -x.shape[1]:].astype(jnp.float32))
+
+    def full_field(self, obs: Observation, x: jax.Array, time: jax.Array) -> jax.Array:
+        """Same output as ``prefill`` + ``expert_field`` from one uncached forward over prefix and suffix."""
+        prefix_tokens, prefix_mask, prefix_ar = self.embed_prefix(obs)
+        suffix_tokens, suffix_mask, suffix_ar = self.embed_suffix(obs.state, x, time)
+        input_mask = jnp.concatenate([prefix_mask, suffix_mask], axis=1)
+        ar_mask = jnp.concatenate([prefix_ar, suffix_ar], axis=0)
+        attn_mask = make_attn_mask(input_mask, ar_mask)
+        positions = jnp.cumsum(input_mask, axis=1) - 1
+        (_, suffix_out), _ = self.PaliGemma.llm([prefix_tokens, suffix_tokens], positions=positions, mask=attn_mask)
+        return self.action_out_proj(suffix_out[:, -x.shape[1]:].astype(jnp.float32))
+
+    def init_all(self, obs: Observation, actions: jax.Array) -> jax.Array:
+        # Touch the embedder's full table and both final norms through a normal forward.
+        return self.full_field(obs, actions, jnp.zeros((actions.shape[0],), jnp.float32))

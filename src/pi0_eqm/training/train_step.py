@@ -1,0 +1,76 @@
+"""The pure, jittable train step: decoder loss → grads → optax update → EMA.
+
+All mutable training state lives in one ``TrainState`` pytree (checkpointed whole). The per-step RNG is
+``fold_in(state.rng, state.step)`` so a resumed run draws the same noise as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from pi0_eqm.models.observation import Observation
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any | None
+    rng: jax.Array  # raw uint32 key data, so it checkpoints as a plain array
+
+
+def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array, ema: bool) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+        rng=jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng,
+    )
+
+
+def _param_norm(params) -> jax.Array:
+    leaves = [
+        x
+        for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+        if x.ndim > 1 and not any(getattr(k, "key", None) in ("pos_embedding", "input_embedding") for k in path)
+    ]
+    return optax.global_norm(leaves)
+
+
+def masked_mean_loss(per_token: jax.Array, action_is_pad: jax.Array | None) -> jax.Array:
+    """Mean of ``[B, H]`` per-token losses, excluding chunk positions padded past the episode end."""
+    if action_is_pad is None:
+        return jnp.mean(per_token)
+    w = (~action_is_pad).astype(per_token.dtype)
+    return jnp.sum(per_token * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def make_train_step(decoder, tx: optax.GradientTransformation, ema_decay: float | None, lr_schedule=None):
+    """Returns ``step(state, obs, actions, action_is_pad) -> (state, metrics)`` (not jitted; callers jit/shard)."""
+
+    def step_fn(state: TrainState, obs: Observation, actions: jax.Array, action_is_pad: jax.Array | None = None):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+        def loss_fn(params):
+            return masked_mean_loss(decoder.loss(params, obs, actions, rng), action_is_pad)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = state.ema_params
+        if ema_decay is not None and ema_params is not None:
+            ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": _param_norm(params)}
+        if lr_schedule is not None:
+            metrics["lr"] = lr_schedule(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+        return new_state, metrics
+
+    return step_fn

@@ -1,9 +1,9 @@
 """A generated, learnable toy task for the tiny end-to-end demo and the tests (no simulator, no downloads).
 
 Each sample shows one of ``num_goals`` goal colours in the base image (the wrist image is noise), a prompt that names
-the goal by token id, and a random 4-d state. The action chunk moves the state linearly to the goal position:
-``a[h] = s + (goal − s)·(h + 1)/H`` on the first ``real_action_dim`` dims, zero padding after. A policy must read the
-image or the prompt and the state to predict it.
+the goal by token id, and a random 4-d state. The action chunk (absolute targets) moves each real dim toward the goal
+at constant speed and then holds (see ``chunk_from``); padded dims are zero. A policy must read the image or the
+prompt, and the state, to predict it.
 """
 
 from __future__ import annotations
@@ -23,19 +23,26 @@ def goals(num_goals: int, dim: int, seed: int = 1234) -> np.ndarray:
     return rng.uniform(-1.0, 1.0, (num_goals, dim)).astype(np.float32)
 
 
-def make_batch(config: Pi0Config, batch_size: int, rng: np.random.Generator, num_goals: int = 4):
-    """Returns ``(Observation, actions [B, H, D], goal_ids [B])`` as numpy-backed arrays."""
-    if num_goals > len(_COLOURS):
-        raise ValueError(f"num_goals must be <= {len(_COLOURS)}, got {num_goals}")
-    d = config.real_action_dim or 4
+def chunk_from(config: Pi0Config, state: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Expert chunk ``[B, H, action_dim]``: each real dim moves toward the goal at a constant speed 2/H, then holds.
+
+    Constant speed makes receding-horizon plans consistent: after executing ``s`` actions the new chunk is exactly the
+    old one shifted by ``s`` (what an aligned warm start assumes).
+    """
+    d = state.shape[-1]
+    speed = 2.0 / config.action_horizon
+    steps = (np.arange(config.action_horizon, dtype=np.float32) + 1) * speed
+    delta = goal - state
+    move = np.sign(delta)[:, None, :] * np.minimum(np.abs(delta)[:, None, :], steps[None, :, None])
+    actions = np.zeros((state.shape[0], config.action_horizon, config.action_dim), np.float32)
+    actions[..., :d] = state[:, None, :] + move
+    return actions
+
+
+def make_obs(config: Pi0Config, ids: np.ndarray, state: np.ndarray, rng: np.random.Generator) -> Observation:
+    """Observation for goal ids ``[B]`` and real-dim states ``[B, d]``."""
+    batch_size, d = state.shape
     h_res, w_res = config.image_resolution
-    ids = rng.integers(0, num_goals, batch_size)
-    g = goals(num_goals, d)[ids]
-    state = rng.uniform(-1.0, 1.0, (batch_size, d)).astype(np.float32)
-    frac = (np.arange(config.action_horizon, dtype=np.float32) + 1) / config.action_horizon
-    chunk = state[:, None, :] + (g - state)[:, None, :] * frac[None, :, None]
-    actions = np.zeros((batch_size, config.action_horizon, config.action_dim), np.float32)
-    actions[..., :d] = chunk
     padded_state = np.zeros((batch_size, config.action_dim), np.float32)
     padded_state[:, :d] = state
     images = {}
@@ -51,11 +58,74 @@ def make_batch(config: Pi0Config, batch_size: int, rng: np.random.Generator, num
     tokens[:, 1] = 10 + ids
     mask = np.zeros((batch_size, config.max_token_len), bool)
     mask[:, :2] = True
-    obs = Observation(
+    return Observation(
         images=images,
         image_masks={k: np.ones((batch_size,), bool) for k in config.image_keys},
         state=padded_state,
         tokenized_prompt=tokens,
         tokenized_prompt_mask=mask,
     )
-    return obs, actions, ids
+
+
+def make_batch(config: Pi0Config, batch_size: int, rng: np.random.Generator, num_goals: int = 4):
+    """Returns ``(Observation, actions [B, H, D], goal_ids [B])`` as numpy arrays."""
+    if num_goals > len(_COLOURS):
+        raise ValueError(f"num_goals must be <= {len(_COLOURS)}, got {num_goals}")
+    d = config.real_action_dim or 4
+    ids = rng.integers(0, num_goals, batch_size)
+    state = rng.uniform(-1.0, 1.0, (batch_size, d)).astype(np.float32)
+    actions = chunk_from(config, state, goals(num_goals, d)[ids])
+    return make_obs(config, ids, state, rng), actions, ids
+
+
+def train(config: Pi0Config, *, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+          log_every: int = 0, progress: bool = False):
+    """Trains ``config``'s decoder on the toy task from random init. Returns ``(params, losses)``."""
+    import jax
+    import optax
+    from tqdm import tqdm
+
+    from pi0_eqm.decoders import make_decoder
+    from pi0_eqm.training.optimizer import AdamW
+    from pi0_eqm.training.optimizer import CosineDecaySchedule
+    from pi0_eqm.training.train_step import init_train_state
+    from pi0_eqm.training.train_step import make_train_step
+
+    decoder = make_decoder(config)
+    schedule = CosineDecaySchedule(warmup_steps=max(1, steps // 20), peak_lr=lr, decay_steps=steps, decay_lr=lr / 10)
+    tx = AdamW(weight_decay=1e-10).create(schedule.create())
+    params = config.init(jax.random.key(seed))
+    state = init_train_state(params, tx, jax.random.key(seed + 1), ema=False)
+    step_fn = jax.jit(make_train_step(decoder, tx, ema_decay=None), donate_argnums=0)
+    rng = np.random.default_rng(seed)
+    losses = []
+    for i in tqdm(range(steps), disable=not progress, desc="train", leave=False):
+        obs, actions, _ = make_batch(config, batch_size, rng)
+        state, metrics = step_fn(state, obs, actions)
+        losses.append(float(metrics["loss"]))
+        if log_every and (i + 1) % log_every == 0:
+            print(f"step {i + 1:5d}  loss {np.mean(losses[-log_every:]):.4f}")
+    return state.params, np.asarray(losses)
+
+
+def evaluate(config: Pi0Config, params, *, batch_size: int = 64, seed: int = 100, settings=None):
+    """Decodes held-out toy batches; returns action RMS error (real dims) and solver statistics."""
+    import jax
+
+    from pi0_eqm.decoders import make_decoder
+
+    decoder = make_decoder(config)
+    obs, actions, _ = make_batch(config, batch_size, np.random.default_rng(seed))
+    decode = jax.jit(lambda p, o, r: decoder.decode(p, o, r, settings=settings))
+    pred, stats = decode(params, obs, jax.random.key(seed))
+    d = config.real_action_dim or config.action_dim
+    err = np.sqrt(np.mean((np.asarray(pred)[..., :d] - actions[..., :d]) ** 2))
+    baseline = np.sqrt(np.mean(actions[..., :d] ** 2))
+    return {
+        "action_rmse": float(err),
+        "zero_predictor_rmse": float(baseline),
+        "iterations_mean": float(np.mean(stats.iterations)),
+        "iterations_p90": float(np.percentile(np.asarray(stats.iterations), 90)),
+        "residual_mean": float(np.mean(stats.residual)),
+        "converged_frac": float(np.mean(stats.converged)),
+    }

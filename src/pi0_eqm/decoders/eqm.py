@@ -26,6 +26,17 @@ def eqm_weight(gamma: jax.Array, grad_multiplier: float, decay_start: float) -> 
     return grad_multiplier * jnp.minimum(1.0, (1.0 - gamma) / (1.0 - decay_start))
 
 
+def eqm_training_pair(actions: jax.Array, rng: jax.Array, eqm: EqmConfig) -> tuple[jax.Array, jax.Array]:
+    """(x_γ, target) for a batch of clean chunks ``[B, ...]``: x_γ = γA + (1−γ)ε, target (ε − A)·c(γ)."""
+    noise_rng, gamma_rng = jax.random.split(rng)
+    noise = jax.random.normal(noise_rng, actions.shape)
+    gamma = jax.random.uniform(gamma_rng, (actions.shape[0],), minval=eqm.gamma_min, maxval=eqm.gamma_max)
+    g = gamma.reshape((-1,) + (1,) * (actions.ndim - 1))
+    x = g * actions + (1 - g) * noise
+    c = eqm_weight(gamma, eqm.grad_multiplier, eqm.decay_start).reshape(g.shape)
+    return x, (noise - actions) * c
+
+
 class EqmDecoder:
     def __init__(self, config: Pi0Config):
         if not isinstance(config.decoder, EqmConfig):
@@ -34,18 +45,8 @@ class EqmDecoder:
         self.eqm = config.decoder
         self.model = Pi0(config)
 
-    def training_pair(self, actions: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(x_γ, target) for a batch of clean chunks."""
-        noise_rng, gamma_rng = jax.random.split(rng)
-        noise = jax.random.normal(noise_rng, actions.shape)
-        gamma = jax.random.uniform(gamma_rng, (actions.shape[0],), minval=self.eqm.gamma_min, maxval=self.eqm.gamma_max)
-        g = gamma[:, None, None]
-        x = g * actions + (1 - g) * noise
-        c = eqm_weight(gamma, self.eqm.grad_multiplier, self.eqm.decay_start)[:, None, None]
-        return x, (noise - actions) * c
-
     def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array:
-        x, target = self.training_pair(actions, rng)
+        x, target = eqm_training_pair(actions, rng, self.eqm)
         zero_t = jnp.zeros((actions.shape[0],), jnp.float32)
         f = self.model.apply({"params": params}, obs, x, zero_t, method=Pi0.full_field)
         return jnp.mean(jnp.square(f - target), axis=-1)

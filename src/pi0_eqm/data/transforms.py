@@ -1,0 +1,209 @@
+"""openpi-style data transforms: callables ``dict -> dict`` composed in groups.
+
+Training order: ``repack → robot inputs → Normalize → model inputs``; inference: ``robot inputs → Normalize → model
+inputs`` then ``model outputs → Unnormalize → robot outputs``. Model inputs are ``InjectDefaultPrompt``,
+``ResizeImages``, ``TokenizePrompt`` and ``PadStatesAndActions``; their output feeds ``Observation.from_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pi0_eqm.data import normalize as _normalize
+
+DataTransformFn = Callable[[dict], dict]
+
+
+def compose(transforms: Sequence[DataTransformFn]) -> DataTransformFn:
+    transforms = tuple(transforms)
+
+    def apply(data: dict) -> dict:
+        for t in transforms:
+            data = t(data)
+        return data
+
+    return apply
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    inputs: tuple[DataTransformFn, ...] = ()
+    outputs: tuple[DataTransformFn, ...] = ()
+
+    def push(self, inputs: Sequence[DataTransformFn] = (), outputs: Sequence[DataTransformFn] = ()) -> Group:
+        """Appends ``inputs`` after and prepends ``outputs`` before the existing ones (openpi's ``Group.push``)."""
+        return Group(self.inputs + tuple(inputs), tuple(outputs) + self.outputs)
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RepackTransform:
+    """Renames keys: ``structure`` maps new (possibly nested, ``/``-joined) keys to existing flat keys."""
+
+    structure: Mapping[str, str]
+
+    def __call__(self, data: dict) -> dict:
+        flat = _flatten(data)
+        missing = [src for src in self.structure.values() if src not in flat]
+        if missing:
+            raise KeyError(f"repack: keys {missing} not in the sample; it has {sorted(flat)}")
+        return {new: flat[src] for new, src in self.structure.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectDefaultPrompt:
+    prompt: str | None
+
+    def __call__(self, data: dict) -> dict:
+        if self.prompt is not None and "prompt" not in data:
+            data = {**data, "prompt": self.prompt}
+        return data
+
+
+def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Letterbox-resizes a uint8 ``[H, W, 3]`` image to ``[height, width, 3]`` (openpi-client's ``resize_with_pad``)."""
+    if image.shape[:2] == (height, width):
+        return image
+    h, w = image.shape[:2]
+    ratio = max(w / width, h / height)
+    rh, rw = int(h / ratio), int(w / ratio)
+    resized = np.asarray(Image.fromarray(image).resize((rw, rh), resample=Image.BILINEAR))
+    out = np.zeros((height, width, image.shape[2]), dtype=image.dtype)
+    top, left = (height - rh) // 2, (width - rw) // 2
+    out[top : top + rh, left : left + rw] = resized
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeImages:
+    height: int
+    width: int
+
+    def __call__(self, data: dict) -> dict:
+        images = {}
+        for k, img in data["image"].items():
+            if img.dtype != np.uint8:
+                raise TypeError(f"image {k!r} must be uint8 before resizing, got {img.dtype}")
+            images[k] = resize_with_pad(img, self.height, self.width)
+        return {**data, "image": images}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizePrompt:
+    tokenizer: Any  # ByteTokenizer | PaligemmaTokenizer
+
+    def __call__(self, data: dict) -> dict:
+        if "prompt" not in data:
+            raise KeyError("a prompt is required (set a default prompt for this config or send 'prompt')")
+        prompt = data["prompt"]
+        if isinstance(prompt, np.ndarray):
+            prompt = prompt.item()
+        if isinstance(prompt, bytes):
+            prompt = prompt.decode("utf-8")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        tokens, mask = self.tokenizer.tokenize(prompt)
+        out = {k: v for k, v in data.items() if k != "prompt"}
+        return {**out, "tokenized_prompt": tokens, "tokenized_prompt_mask": mask}
+
+
+def pad_to_dim(x: np.ndarray, dim: int, axis: int = -1) -> np.ndarray:
+    if x.shape[axis] > dim:
+        raise ValueError(f"array of shape {x.shape} has more than {dim} entries on axis {axis}")
+    if x.shape[axis] == dim:
+        return x
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, dim - x.shape[axis])
+    return np.pad(x, pad)
+
+
+@dataclasses.dataclass(frozen=True)
+class PadStatesAndActions:
+    model_action_dim: int
+
+    def __call__(self, data: dict) -> dict:
+        data = {**data, "state": pad_to_dim(np.asarray(data["state"], np.float32), self.model_action_dim)}
+        if "actions" in data:
+            data["actions"] = pad_to_dim(np.asarray(data["actions"], np.float32), self.model_action_dim)
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalize:
+    norm_stats: Mapping[str, _normalize.NormStats] | None
+    use_quantiles: bool = False
+
+    def __call__(self, data: dict) -> dict:
+        if self.norm_stats is None:
+            return data
+        return _normalize.normalize_dict(data, self.norm_stats, use_quantiles=self.use_quantiles)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unnormalize:
+    norm_stats: Mapping[str, _normalize.NormStats] | None
+    use_quantiles: bool = False
+
+    def __call__(self, data: dict) -> dict:
+        if self.norm_stats is None:
+            return data
+        return _normalize.unnormalize_dict(data, self.norm_stats, use_quantiles=self.use_quantiles)
+
+
+def make_bool_mask(*dims: int) -> tuple[bool, ...]:
+    """openpi's ``make_bool_mask(6, -1)`` → 6 × True then 1 × False."""
+    out: list[bool] = []
+    for d in dims:
+        out.extend([d > 0] * abs(d))
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaActions:
+    """actions[..., i] −= state[i] where mask[i] (absolute → relative to the current state)."""
+
+    mask: tuple[bool, ...] | None
+
+    def __call__(self, data: dict) -> dict:
+        if self.mask is None or "actions" not in data:
+            return data
+        n = len(self.mask)
+        actions = np.array(data["actions"], dtype=np.float32, copy=True)
+        state = np.asarray(data["state"], np.float32)
+        m = np.asarray(self.mask)
+        actions[..., :n] -= np.expand_dims(np.where(m, state[..., :n], 0), axis=-2)
+        return {**data, "actions": actions}
+
+
+@dataclasses.dataclass(frozen=True)
+class AbsoluteActions:
+    """Inverse of ``DeltaActions`` (needs the unnormalized state in the outputs)."""
+
+    mask: tuple[bool, ...] | None
+
+    def __call__(self, data: dict) -> dict:
+        if self.mask is None or "actions" not in data:
+            return data
+        n = len(self.mask)
+        actions = np.array(data["actions"], dtype=np.float32, copy=True)
+        state = np.asarray(data["state"], np.float32)
+        m = np.asarray(self.mask)
+        actions[..., :n] += np.expand_dims(np.where(m, state[..., :n], 0), axis=-2)
+        return {**data, "actions": actions}

@@ -1,0 +1,93 @@
+"""Prompt tokenizers: openpi's PaliGemma sentencepiece tokenizer and a byte-level tokenizer for tiny models.
+
+Both clean the prompt like openpi (strip, ``_`` and newlines → spaces), encode ``BOS + text + "\\n"``, right-pad with 0
+to ``max_len`` and return ``(tokens int32 [max_len], mask bool [max_len])``; longer prompts are truncated with a
+warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("pi0_eqm")
+
+PALIGEMMA_TOKENIZER_ENV = "PI0_PALIGEMMA_TOKENIZER"
+
+
+def clean_prompt(text: str) -> str:
+    return text.strip().replace("_", " ").replace("\n", " ")
+
+
+def _pad(ids: list[int], max_len: int, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    if len(ids) > max_len:
+        logger.warning("prompt %r is %d tokens long; truncating to max_len=%d", prompt, len(ids), max_len)
+        ids = ids[:max_len]
+    tokens = np.zeros((max_len,), np.int32)
+    mask = np.zeros((max_len,), bool)
+    tokens[: len(ids)] = ids
+    mask[: len(ids)] = True
+    return tokens, mask
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteTokenizer:
+    """UTF-8 bytes shifted by 3 (0 = pad, 1 = BOS, 2 = unused); needs ``vocab_size >= 259``."""
+
+    max_len: int = 48
+
+    vocab_size_needed = 259
+
+    def tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        text = clean_prompt(prompt) + "\n"
+        ids = [1] + [b + 3 for b in text.encode("utf-8")]
+        return _pad(ids, self.max_len, prompt)
+
+
+@dataclasses.dataclass(frozen=True)
+class PaligemmaTokenizer:
+    """openpi's tokenizer: the PaliGemma sentencepiece model (``paligemma_tokenizer.model``, 257152 tokens).
+
+    The model file is not downloaded at run time: pass ``model_path`` or set ``$PI0_PALIGEMMA_TOKENIZER``
+    (openpi fetches it from ``gs://big_vision/paligemma_tokenizer.model``).
+    """
+
+    max_len: int = 48
+    model_path: str | None = None
+
+    vocab_size_needed = 257_152
+
+    def _processor(self):
+        import sentencepiece
+
+        path = self.model_path or os.environ.get(PALIGEMMA_TOKENIZER_ENV)
+        if not path or not Path(path).is_file():
+            raise FileNotFoundError(
+                f"PaliGemma tokenizer model not found (model_path={self.model_path!r}, "
+                f"${PALIGEMMA_TOKENIZER_ENV}={os.environ.get(PALIGEMMA_TOKENIZER_ENV)!r}). Download "
+                "gs://big_vision/paligemma_tokenizer.model and pass its path."
+            )
+        return _load_sp(str(path))
+
+    def tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        sp = self._processor()
+        ids = sp.encode(clean_prompt(prompt), add_bos=True) + sp.encode("\n")
+        return _pad(ids, self.max_len, prompt)
+
+
+_SP_CACHE: dict[str, object] = {}
+
+
+def _load_sp(path: str):
+    import sentencepiece
+
+    if path not in _SP_CACHE:
+        _SP_CACHE[path] = sentencepiece.SentencePieceProcessor(model_file=path)
+    return _SP_CACHE[path]
+
+
+Tokenizer = ByteTokenizer | PaligemmaTokenizer

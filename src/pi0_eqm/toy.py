@@ -129,3 +129,24 @@ def evaluate(config: Pi0Config, params, *, batch_size: int = 64, seed: int = 100
         "residual_mean": float(np.mean(stats.residual)),
         "converged_frac": float(np.mean(stats.converged)),
     }
+
+
+class ToySource:
+    """Random-access source of model-ready toy samples (deterministic per index) for the data loader."""
+
+    def __init__(self, config: Pi0Config, num_samples: int, seed: int = 0):
+        self.config, self.num_samples, self.seed = config, int(num_samples), int(seed)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= int(index) < self.num_samples:
+            raise IndexError(f"toy sample {index} out of range [0, {self.num_samples})")
+        rng = np.random.default_rng([self.seed, int(index)])
+        obs, actions, _ = make_batch(self.config, 1, rng)
+        sample = {k: (v[0] if not isinstance(v, dict) else {kk: vv[0] for kk, vv in v.items()})
+                  for k, v in obs.to_dict().items()}
+        sample["actions"] = actions[0]
+        sample["action_is_pad"] = np.zeros((self.config.action_horizon,), bool)
+        return sample

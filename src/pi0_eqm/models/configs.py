@@ -35,6 +35,20 @@ _PRESETS: dict[str, dict] = {
         image_resolution=(64, 64),
         remat=False,
     ),
+    # The embedded Meta-World benchmark: two 64 px cameras (corner + wrist), 4-d state/action, H = 16.
+    "pi0_metaworld": dict(
+        dtype="float32",
+        paligemma_variant="gemma_small",
+        action_expert_variant="gemma_small_expert",
+        siglip_variant="small/8",
+        vocab_size=512,
+        action_horizon=16,
+        max_token_len=24,
+        image_keys=("base_0_rgb", "left_wrist_0_rgb"),
+        image_resolution=(64, 64),
+        real_action_dim=4,
+        remat=False,
+    ),
 }
 
 

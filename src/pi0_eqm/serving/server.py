@@ -61,6 +61,7 @@ import websockets.asyncio.server as ws_server
 from websockets.frames import CloseCode
 
 from pi0_eqm.serving.schema import ObservationSchema, validate
+from pi0_eqm.errors import InvalidRequestError
 from pi0_eqm.serving.wire import WireError, WireLimits, packb, unpackb
 
 __all__ = ["PolicyServer", "SessionPolicy", "CONTROL_KEY", "RESET_KEY"]
@@ -245,6 +246,10 @@ class PolicyServer:
                 if prev_total_ms is not None:
                     output["server_timing"]["prev_total_ms"] = prev_total_ms
                 reply = packb(output)
+            except InvalidRequestError as e:  # e.g. an unknown per-request decoder setting: the client's fault
+                logger.info("Connection %s: invalid request: %s", session, e)
+                await ws.send(INVALID_PREFIX + str(e))
+                continue
             except Exception:
                 await self._internal_error(ws, session)
                 return

@@ -26,6 +26,8 @@ Every violation raises ``WireError`` (a ``ValueError``) naming the offending pat
 
 from __future__ import annotations
 
+from pi0_eqm.errors import InvalidRequestError
+
 import dataclasses
 import math
 import re
@@ -47,7 +49,7 @@ _DTYPE_RE = re.compile(r"^[<>|=]?[a-zA-Z][0-9]{0,6}$")
 _MAX_UNICODE = 0x10FFFF
 
 
-class WireError(ValueError):
+class WireError(InvalidRequestError):
     """A message violated the wire format, the limits or the observation schema.
 
     ``problems`` lists every individual problem (one entry for codec errors, possibly several for schema errors).

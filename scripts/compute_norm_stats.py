@@ -1,0 +1,40 @@
+"""Compute norm stats for a config: ``uv run scripts/compute_norm_stats.py <config> [--max-frames N]``.
+
+Writes ``<assets_base_dir>/<config>/<asset_id>/norm_stats.json`` in openpi's format (mean, std, q01, q99 per key),
+atomically, reading only the low-dimensional arrays (no image decoding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+import tyro
+
+
+@dataclasses.dataclass
+class Args:
+    config_name: tyro.conf.Positional[str]
+    max_frames: int | None = None
+    assets_base_dir: str | None = None
+
+
+def main(args: Args) -> None:
+    from pi0_eqm.training.config import get_config
+    from pi0_eqm.training.norm_stats import compute_for_config
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = get_config(args.config_name)
+    if args.assets_base_dir:
+        cfg = dataclasses.replace(cfg, assets_base_dir=args.assets_base_dir)
+    out = compute_for_config(cfg, max_frames=args.max_frames)
+    print(f"norm stats written to {out / 'norm_stats.json'}")
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

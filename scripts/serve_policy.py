@@ -1,0 +1,79 @@
+"""Serve a trained checkpoint to openpi clients (websocket + msgpack, openpi's wire format).
+
+    uv run scripts/serve_policy.py --config pi0_eqm_libero --checkpoint checkpoints/pi0_eqm_libero/run1/30000 \\
+        [--port 8000] [--threshold 1e-2] [--max-iters 300] [--warm-start aligned] [--executed 5]
+
+Each reply carries ``actions``, ``policy_timing``, ``server_timing`` and ``solver`` (iterations, final residual,
+converged, warm_started). Per request, a ``decoder_settings`` dict overrides the decoder settings; sending
+``{"__control__": "reset"}`` (or ``"__reset__": True`` in an observation) resets the session's warm-start state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+import tyro
+
+
+@dataclasses.dataclass
+class Args:
+    config: str
+    checkpoint: str
+    port: int = 8000
+    host: str = "0.0.0.0"
+    threshold: float | None = None
+    max_iters: int | None = None
+    step_size: float | None = None
+    momentum: float | None = None
+    variant: str | None = None
+    warm_start: str = "aligned"
+    executed: int = 5  # actions the client executes per chunk (openpi LIBERO: replan_steps = 5)
+    default_prompt: str | None = None
+    image_size: int | None = None  # expected camera size (default: 224 for LIBERO/ALOHA, the model's for Meta-World)
+    max_workers: int = 1
+
+
+def build_server(args: Args):
+    from pi0_eqm.policies.policy import PolicySettings
+    from pi0_eqm.policies.policy_config import create_trained_policy
+    from pi0_eqm.serving import schema as _schema
+    from pi0_eqm.serving.server import PolicyServer
+    from pi0_eqm.training.config import get_config
+
+    cfg = get_config(args.config)
+    settings = PolicySettings(max_iters=args.max_iters, threshold=args.threshold, step_size=args.step_size,
+                              momentum=args.momentum, variant=args.variant, warm_start=args.warm_start,
+                              executed=args.executed)
+    policy = create_trained_policy(cfg, args.checkpoint, settings=settings, default_prompt=args.default_prompt)
+    robot = getattr(cfg.data, "robot", None)
+    if robot == "aloha":
+        schema = _schema.aloha_schema(args.image_size or 224)
+    elif robot == "metaworld":
+        schema = _schema.libero_schema(args.image_size or cfg.model.image_resolution[0], state_dim=4)
+    elif robot == "libero":
+        schema = _schema.libero_schema(args.image_size or 224)
+    else:
+        schema = None
+    metadata = dict(cfg.policy_metadata or {})
+    metadata.update({"config": cfg.name, "decoder": cfg.model.decoder.kind, "action_horizon": cfg.model.action_horizon})
+    return PolicyServer(policy, host=args.host, port=args.port, metadata=metadata, schema=schema,
+                        max_workers=args.max_workers)
+
+
+def main(args: Args) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "orbax", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        server = build_server(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    logging.getLogger("pi0_eqm").info("serving %s on %s:%d", args.config, args.host, args.port)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,51 @@
+"""Build a ``Policy`` from a train config and a checkpoint directory (params + the checkpoint's own norm stats)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pi0_eqm.data import transforms as _t
+from pi0_eqm.data.normalize import load_norm_stats
+from pi0_eqm.policies.policy import Policy
+from pi0_eqm.policies.policy import PolicySettings
+from pi0_eqm.training.config import TrainConfig
+
+logger = logging.getLogger("pi0_eqm")
+
+
+def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: PolicySettings | None = None,
+                       default_prompt: str | None = None) -> Policy:
+    data_cfg = config.data.create(config.model, config.assets_dir)
+    model_inputs = list(data_cfg.model_transforms.inputs)
+    if default_prompt is not None:
+        model_inputs.insert(0, _t.InjectDefaultPrompt(default_prompt))
+    use_q = data_cfg.use_quantile_norm
+    inputs = [*data_cfg.data_transforms.inputs, _t.Normalize(norm_stats, use_q), *model_inputs]
+    outputs = [*data_cfg.model_transforms.outputs, _t.Unnormalize(norm_stats, use_q), *data_cfg.data_transforms.outputs]
+    deltas = [t for t in data_cfg.data_transforms.inputs if isinstance(t, _t.DeltaActions)]
+    actions_in = [*deltas, _t.Normalize({k: v for k, v in (norm_stats or {}).items() if k == "actions"} or None, use_q),
+                  _t.PadStatesAndActions(config.model.action_dim)]
+    return Policy(config.model, params, input_transforms=inputs, output_transforms=outputs,
+                  action_transforms=actions_in, settings=settings, metadata=config.policy_metadata)
+
+
+def create_trained_policy(config: TrainConfig, checkpoint_dir: str | Path, *, settings: PolicySettings | None = None,
+                          default_prompt: str | None = None) -> Policy:
+    """``checkpoint_dir`` is a step directory (``<run>/<step>``) or an exported directory with ``params/`` and
+    ``assets/<asset_id>/norm_stats.json``. Norm stats come from the checkpoint, not from the config's assets dir."""
+    from pi0_eqm.training.checkpoints import restore_params
+
+    checkpoint_dir = Path(checkpoint_dir)
+    if not (checkpoint_dir / "params").exists():
+        raise FileNotFoundError(f"{checkpoint_dir} has no params/ directory; pass a step directory of a training run "
+                                "(e.g. checkpoints/<config>/<exp>/<step>) or an exported checkpoint")
+    params = restore_params(checkpoint_dir / "params")
+    norm_stats = None
+    asset_id = config.data.asset_id
+    if asset_id is not None:
+        stats_dir = checkpoint_dir / "assets" / asset_id
+        if not (stats_dir / "norm_stats.json").is_file():
+            raise FileNotFoundError(f"norm stats missing: expected {stats_dir / 'norm_stats.json'}")
+        norm_stats = load_norm_stats(stats_dir)
+    return policy_from_params(config, params, norm_stats, settings=settings, default_prompt=default_prompt)

@@ -1,0 +1,55 @@
+"""Export a checkpoint step to openpi's serving layout: ``<out>/params`` + ``<out>/assets/<asset_id>/norm_stats.json``.
+
+The export is built in a hidden sibling directory and renamed into place: ``<out>`` is never half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pi0_eqm.data.normalize import save_norm_stats
+from pi0_eqm.training.checkpoints import check_checkpoint_step
+from pi0_eqm.training.checkpoints import restore_norm_stats
+from pi0_eqm.training.checkpoints import restore_params
+from pi0_eqm.training.checkpoints import save_params
+
+
+def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf16: bool = False,
+                      overwrite: bool = False) -> Path:
+    step_dir, out = Path(step_dir), Path(out).absolute()
+    if not (step_dir / "params").exists():
+        raise FileNotFoundError(f"{step_dir} has no params/; expected a training step directory like "
+                                "checkpoints/<config>/<exp>/<step>")
+    problems = check_checkpoint_step(step_dir) if (step_dir / "_CHECKPOINT_METADATA").exists() else []
+    if problems:
+        raise ValueError(f"checkpoint step {step_dir} is incomplete or damaged: {problems}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    params = restore_params(step_dir / "params", restore_type=np.ndarray)
+    if bf16:
+        params = jax.tree.map(lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16)), params)
+    norm_stats = restore_norm_stats(step_dir)
+    tmp = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
+    try:
+        save_params(tmp / "params", params)
+        for asset_id, stats in norm_stats.items():
+            save_norm_stats(tmp / "assets" / asset_id, stats)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

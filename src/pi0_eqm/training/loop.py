@@ -1,0 +1,206 @@
+"""The training loop behind ``scripts/train.py``: data → sharded jitted steps → logs and openpi-layout checkpoints.
+
+Better than openpi where it is weak: the data-iterator state is checkpointed (a resumed run sees exactly the batches
+an uninterrupted run would), SIGTERM/SIGINT save a checkpoint before exiting, a NaN/inf loss stops the run with a clear
+message without overwriting the last good checkpoint, and multi-host jobs shard the data per process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from pi0_eqm.data.loader import DataLoader
+from pi0_eqm.decoders import make_decoder
+from pi0_eqm.models.observation import Observation
+from pi0_eqm.training import checkpoints as _ckpt
+from pi0_eqm.training import distributed as _dist
+from pi0_eqm.training import sharding as _sharding
+from pi0_eqm.training.config import TrainConfig
+from pi0_eqm.training.data_config import ToyDataConfig
+from pi0_eqm.training.train_step import init_train_state
+from pi0_eqm.training.train_step import make_train_step
+
+logger = logging.getLogger("pi0_eqm")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count: int) -> DataLoader:
+    if config.batch_size % shard_count:
+        raise ValueError(f"global batch size {config.batch_size} is not divisible by {shard_count} processes")
+    local_batch = config.batch_size // shard_count
+    if isinstance(config.data, ToyDataConfig):
+        from pi0_eqm.toy import ToySource
+
+        source, transform = ToySource(config.model, config.data.num_samples, seed=config.seed), None
+    else:
+        from pi0_eqm.data.chunking import ChunkedDataset
+
+        source = ChunkedDataset(config.data.open_source(), config.model.action_horizon)
+        if data_cfg.norm_stats is None:
+            raise FileNotFoundError(
+                f"no norm stats for asset {data_cfg.asset_id!r} under {config.assets_dir}; run "
+                f"`uv run scripts/compute_norm_stats.py {config.name}` first"
+            )
+        transform = data_cfg.train_transform()
+    return DataLoader(source, batch_size=local_batch, seed=config.seed, shuffle=True, transform=transform,
+                      shard_index=shard_index, shard_count=shard_count, num_threads=config.num_workers)
+
+
+def split_batch(batch: dict):
+    obs = Observation.from_dict({k: batch[k] for k in
+                                 ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
+                                 if k in batch})
+    return obs, np.asarray(batch["actions"], np.float32), np.asarray(batch["action_is_pad"], bool)
+
+
+class _StopFlag:
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: give up immediately
+        self.signal = signum
+        logger.warning("received signal %d: finishing the current step and saving a checkpoint", signum)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _log_line(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Runs (or resumes) training. ``stop_after`` stops after that many steps of this call (tests: simulate a kill)."""
+    from tqdm import tqdm
+
+    process_index, process_count = _dist.initialize_from_env()
+    mesh = _sharding.make_mesh(config.fsdp_devices)
+    data_cfg = config.data.create(config.model, config.assets_dir)
+    decoder = make_decoder(config.model)
+    schedule = config.lr_schedule.create()
+    tx = config.optimizer.create(schedule)
+
+    rng = jax.random.key(config.seed)
+    train_rng, init_rng = jax.random.split(rng)
+
+    def init_state():
+        params = config.model.init(init_rng)
+        return init_train_state(params, tx, train_rng, ema=config.ema_decay is not None)
+
+    abstract = jax.eval_shape(init_state)
+    state_sharding = _sharding.fsdp_sharding(abstract, mesh)
+    manager, resuming = _ckpt.initialize_checkpoint_dir(
+        config.checkpoint_dir, keep_period=config.keep_period, max_to_keep=config.max_to_keep,
+        overwrite=config.overwrite, resume=config.resume, async_save=config.async_checkpoint,
+    )
+    loader = make_loader(config, data_cfg, shard_index=process_index, shard_count=process_count)
+    data_iter = iter(loader)
+
+    if resuming:
+        abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                        abstract, state_sharding)
+        state, data_state, start = _ckpt.restore_state(manager, abstract_sharded)
+        if data_state is not None:
+            data_iter.set_state(data_state)
+        logger.info("resumed from step %d of %s", start, config.checkpoint_dir)
+    else:
+        state = jax.jit(init_state, out_shardings=state_sharding)()
+        params = config.weight_loader.load(jax.device_get(state.params))
+        state = jax.device_put(state.replace(params=params,
+                                             ema_params=params if config.ema_decay is not None else None),
+                               state_sharding)
+        start = 0
+
+    data_sharding = _sharding.data_sharding(mesh)
+    step_fn = jax.jit(make_train_step(decoder, tx, config.ema_decay, schedule),
+                      in_shardings=(state_sharding, data_sharding, data_sharding, data_sharding),
+                      out_shardings=(state_sharding, _sharding.replicated(mesh)), donate_argnums=0)
+
+    config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.checkpoint_dir / "metrics.jsonl"
+    norm_stats = {data_cfg.asset_id: data_cfg.norm_stats} if data_cfg.norm_stats else None
+    wandb_run = _maybe_wandb(config, resuming)
+
+    def save(s, wait=False):
+        _ckpt.save_state(manager, s, ema=config.ema_decay is not None, norm_stats=norm_stats,
+                         data_state=data_iter.get_state(), wait=wait)
+
+    history, t_last, n_since = [], time.perf_counter(), 0
+    step = start
+    with _StopFlag() as stop, jax.set_mesh(mesh):
+        pbar = tqdm(range(start, config.num_train_steps), initial=start, total=config.num_train_steps,
+                    disable=not progress or process_index != 0, desc=config.name)
+        for step in pbar:
+            batch = next(data_iter)
+            obs, actions, is_pad = split_batch(batch)
+            obs, actions, is_pad = _sharding.global_batch_from_local((obs, actions, is_pad), mesh)
+            new_state, metrics = step_fn(state, obs, actions, is_pad)
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss} at step {step}; stopping without saving this state. The last good checkpoint "
+                    f"in {config.checkpoint_dir} is kept (step {manager.latest_step()}). Lower the learning rate or "
+                    "check the norm stats for near-constant dimensions."
+                )
+            state = new_state
+            n_since += 1
+            done = step + 1
+            if done % config.log_interval == 0 or done == config.num_train_steps:
+                now = time.perf_counter()
+                record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                record |= {"step": done, "samples_per_s": n_since * config.batch_size / (now - t_last),
+                           "time": time.time()}
+                t_last, n_since = now, 0
+                history.append(record)
+                if process_index == 0:
+                    _log_line(log_path, record)
+                    pbar.set_postfix(loss=f"{record['loss']:.4f}", gnorm=f"{record['grad_norm']:.3f}")
+                    if wandb_run is not None:
+                        wandb_run.log(record, step=done)
+            stopping = stop.signal is not None or (stop_after is not None and done - start >= stop_after)
+            if done % config.save_interval == 0 or done == config.num_train_steps or stopping:
+                save(state, wait=stopping)
+            if stopping:
+                logger.warning("stopped at step %d; resume with --resume", done)
+                break
+        manager.wait_until_finished()
+    return {"state": state, "history": history, "last_step": int(jax.device_get(state.step)), "start_step": start}
+
+
+def _maybe_wandb(config: TrainConfig, resuming: bool):
+    if not config.wandb_enabled or jax.process_index() != 0:
+        return None
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError("wandb is enabled but not installed: uv sync --extra wandb") from e
+    id_file = config.checkpoint_dir / "wandb_id.txt"
+    if resuming and id_file.exists():
+        return wandb.init(id=id_file.read_text().strip(), resume="must", project=config.project_name)
+    run = wandb.init(name=config.exp_name, project=config.project_name, config={"name": config.name})
+    id_file.write_text(run.id)
+    return run

@@ -39,11 +39,16 @@ def _random_like(tree, seed):
 def _trained_state(params, *, ema: bool, step: int, seed: int = 0) -> TrainState:
     """A state with a non-trivial adamw opt_state (one real update), distinct EMA params and a real key."""
     tx = optax.adamw(1e-3, weight_decay=1e-4)
-    state = init_train_state(params, tx, jax.random.key(seed), ema=ema)
-    updates, opt_state = tx.update(_random_like(params, seed + 1), state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    ema_params = jax.tree.map(lambda p: 0.5 * p, new_params) if ema else None
-    return state.replace(step=jnp.int32(step), params=new_params, opt_state=opt_state, ema_params=ema_params)
+
+    @jax.jit
+    def one_update(params, grads, step):
+        state = init_train_state(params, tx, jax.random.key(seed), ema=ema)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        ema_params = jax.tree.map(lambda p: 0.5 * p, new_params) if ema else None
+        return state.replace(step=step, params=new_params, opt_state=opt_state, ema_params=ema_params)
+
+    return one_update(params, _random_like(params, seed + 1), jnp.int32(step))
 
 
 def _small_state(step: int, *, ema: bool = False) -> TrainState:
@@ -253,27 +258,46 @@ def test_invalid_arguments(tmp_path):
 
 
 def test_failed_async_save_is_raised_and_keeps_last_good_step(tmp_path, monkeypatch):
+    """A handler fails in orbax's background commit: the error reaches the caller; step 1 survives max_to_keep=1."""
     manager, _ = _open(tmp_path, max_to_keep=1)
     ckpt.save_state(manager, _small_state(1), ema=False, norm_stats=_norm_stats(), wait=True)
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device (simulated)")
 
-    monkeypatch.setattr(ckpt, "_write_assets", disk_full)  # fails inside orbax's background commit
+    monkeypatch.setattr(ckpt, "_write_assets", disk_full)
     ckpt.save_state(manager, _small_state(2), ema=False, norm_stats=_norm_stats())  # returns before the failure
     with pytest.raises(ckpt.CheckpointSaveError, match=r"step 2 .*No space left.*earlier steps are intact: \[1\]"):
         ckpt.wait_until_saved(manager)
     run = tmp_path / "run"
-    assert "1" in os.listdir(run) and "2" not in os.listdir(run)  # max_to_keep=1 did not delete step 1
-
-    # The same failure with wait=True raises from save_state itself.
-    with pytest.raises(ckpt.CheckpointSaveError, match="step 2"):
-        ckpt.save_state(manager, _small_state(2), ema=False, norm_stats=_norm_stats(), wait=True)
+    assert "1" in os.listdir(run) and "2" not in os.listdir(run)
     assert (run / "1" / "commit_success.txt").is_file()
-    assert any(".orbax-checkpoint-tmp" in p for p in os.listdir(run))
-    monkeypatch.undo()
+    assert manager.all_steps() == [1]
+    ckpt.wait_until_saved(manager)  # raised once, not again
 
-    # Next start: the stale tmp dir is removed with a warning and step 1 restores.
+
+def test_failed_commit_keeps_last_good_step_and_resumes(tmp_path, monkeypatch):
+    """The final commit (rename) of step 2 fails: save_state(wait=True) raises, step 1 is kept, the leftover
+    tmp dir is cleaned at the next start and training continues from step 1."""
+    manager, _ = _open(tmp_path, max_to_keep=1)
+    ckpt.save_state(manager, _small_state(1), ema=False, wait=True)
+
+    cls = ocp.path.atomicity.AtomicRenameTemporaryPath
+    real_finalize = cls.finalize
+
+    async def failing_finalize(self, *args, **kwargs):
+        if self.get_final().name == "2":  # the step directory, after all items are written
+            raise OSError(5, "Input/output error (simulated)")
+        return await real_finalize(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "finalize", failing_finalize)
+    with pytest.raises(ckpt.CheckpointSaveError, match=r"step 2 .*Input/output error"):
+        ckpt.save_state(manager, _small_state(2), ema=False, wait=True)
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    assert sorted(os.listdir(run)) == ["1", "2.orbax-checkpoint-tmp"]
+    manager.close()
+
     with pytest.warns(UserWarning, match="stale temporary checkpoint directory"):
         manager2, resuming = ckpt.initialize_checkpoint_dir(run, resume=True, max_to_keep=1)
     assert resuming and sorted(os.listdir(run)) == ["1"]

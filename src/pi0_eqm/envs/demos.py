@@ -10,16 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pi0_eqm.data.episodes import Episode
-from pi0_eqm.envs.metaworld import DEFAULT_TASKS
+from pi0_eqm.envs.tasks import DEFAULT_TASKS
+from pi0_eqm.envs.tasks import dataset_name
 from pi0_eqm.envs.metaworld import generate_demos
-
-
-def dataset_name(tasks: Sequence[str], episodes_per_task: int, seed: int, resolution: int) -> str:
-    """A name that changes whenever the content would (tasks, count, seed, resolution)."""
-    import hashlib
-
-    digest = hashlib.sha1(",".join(tasks).encode()).hexdigest()[:8]
-    return f"metaworld_{len(tasks)}t_{episodes_per_task}ep_s{seed}_r{resolution}_{digest}"
 
 
 def generate_dataset(root: str | Path, *, tasks: Sequence[str] = DEFAULT_TASKS, episodes_per_task: int = 10,

@@ -50,38 +50,8 @@ STATE_DIM = 4
 CONFIGS_PER_BLOCK = 50  # metaworld._N_GOALS
 MAX_PATH_LENGTH = 500  # Meta-World refuses to step further without a reset
 
-# Fixed instruction per task. Each listed task's scripted expert solved 20/20 episodes in <= 126 steps (measured).
-INSTRUCTIONS: dict[str, str] = {
-    "button-press-topdown-v3": "press the button down from the top",
-    "button-press-v3": "push the button",
-    "button-press-wall-v3": "push the button behind the wall",
-    "coffee-button-v3": "press the button on the coffee machine",
-    "dial-turn-v3": "turn the dial",
-    "door-close-v3": "close the door",
-    "door-open-v3": "open the door",
-    "drawer-close-v3": "close the drawer",
-    "drawer-open-v3": "open the drawer",
-    "faucet-close-v3": "turn the faucet handle to close it",
-    "faucet-open-v3": "turn the faucet handle to open it",
-    "handle-press-v3": "press the handle down",
-    "lever-pull-v3": "pull the lever up",
-    "plate-slide-v3": "slide the plate into the goal",
-    "plate-slide-side-v3": "slide the plate sideways into the goal",
-    "window-close-v3": "slide the window closed",
-    "window-open-v3": "slide the window open",
-}
-
-# Default multi-task set: goal implied by the scene, expert 20/20, 33-88 steps to success, random policy ~0/10.
-DEFAULT_TASKS: tuple[str, ...] = (
-    "button-press-topdown-v3",
-    "coffee-button-v3",
-    "door-open-v3",
-    "drawer-open-v3",
-    "faucet-open-v3",
-    "handle-press-v3",
-    "plate-slide-v3",
-    "window-open-v3",
-)
+from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
+from pi0_eqm.envs.tasks import INSTRUCTIONS  # noqa: E402
 
 
 def derive_seed(*parts: int | str) -> int:

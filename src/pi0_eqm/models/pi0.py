@@ -46,6 +46,7 @@ class Pi0Config:
     max_token_len: int = 48
     image_keys: tuple[str, ...] = IMAGE_KEYS
     image_resolution: tuple[int, int] = (224, 224)
+    tokenizer: str = "auto"  # auto (PaliGemma for its vocab, bytes for small vocabs) | paligemma | bytes | words
     real_action_dim: int | None = None  # robot action dims (the rest is zero padding); None = all dims are real
     decoder: DecoderConfig = dataclasses.field(default_factory=EqmConfig)
     remat: bool = True

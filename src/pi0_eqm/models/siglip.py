@@ -33,6 +33,7 @@ class SiglipConfig:
 _VARIANTS: dict[str, SiglipConfig] = {
     "So400m/14": SiglipConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14),
     "tiny/8": SiglipConfig(width=64, depth=2, mlp_dim=128, num_heads=4, patch_size=8),
+    "tiny/16": SiglipConfig(width=96, depth=2, mlp_dim=192, num_heads=4, patch_size=16),
     "small/8": SiglipConfig(width=128, depth=3, mlp_dim=256, num_heads=4, patch_size=8),
 }
 

@@ -188,10 +188,17 @@ def _remove_stale_tmp_dirs(directory: Path) -> list[Path]:
         )
         warnings.warn(msg, stacklevel=3)
         logger.warning(msg)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        for attempt in range(5):
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+                break
+            except OSError as e:
+                if attempt == 4:
+                    raise OSError(f"cannot remove stale temporary checkpoint directory {path}: {e}") from e
+                time.sleep(0.2 * (attempt + 1))  # a writer of the failed save may still be finishing
     return stale
 
 

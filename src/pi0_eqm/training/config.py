@@ -15,6 +15,8 @@ from typing import Any
 
 from pi0_eqm.decoders.config import EqmConfig
 from pi0_eqm.decoders.config import FlowConfig
+from pi0_eqm.envs.tasks import DEFAULT_TASKS
+from pi0_eqm.envs.tasks import dataset_name
 from pi0_eqm.models.configs import model_config
 from pi0_eqm.models.pi0 import Pi0Config
 from pi0_eqm.training import weights as _weights
@@ -78,6 +80,31 @@ _PI0_BASE = _weights.CheckpointWeightLoader("checkpoints/pi0_base/params")
 
 _DEBUG_MODEL = dict(real_action_dim=4)
 
+_METAWORLD_DATA = EpisodicDataConfig(
+    robot="metaworld", format="rlds", path="metaworld/" + dataset_name(DEFAULT_TASKS, 10, 0, 64), asset_id="metaworld",
+    how_to_obtain="generate it with `uv run scripts/generate_demos.py --episodes-per-task 10 --resolution 64`",
+)
+
+
+def _metaworld(name: str, decoder) -> TrainConfig:
+    """The embedded benchmark: flow and EqM trained identically (same data, steps, seed) on Meta-World demos."""
+    return TrainConfig(
+        name=name,
+        model=model_config("pi0_metaworld", decoder),
+        data=_METAWORLD_DATA,
+        lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=1500, decay_lr=1e-4),
+        optimizer=AdamW(weight_decay=1e-10),
+        ema_decay=0.99,
+        batch_size=32,
+        num_train_steps=1500,
+        log_interval=50,
+        save_interval=500,
+        keep_period=None,
+        max_to_keep=1,
+        num_workers=2,
+        policy_metadata={"env": "metaworld"},
+    )
+
 _CONFIGS: list[TrainConfig] = [
     # ---------------------------------------------------------------------------------------------- LIBERO
     TrainConfig(
@@ -92,6 +119,9 @@ _CONFIGS: list[TrainConfig] = [
         data=_LIBERO_DATA,
         weight_loader=_PI0_BASE,
     ),
+    # ------------------------------------------------------------------------- embedded benchmark (Meta-World)
+    _metaworld("pi0_metaworld", FlowConfig()),
+    _metaworld("pi0_eqm_metaworld", EqmConfig()),
     # --------------------------------------------------------------------------------------- CPU debugging
     TrainConfig(
         name="debug",

@@ -19,6 +19,7 @@ from pi0_eqm.data.normalize import load_norm_stats
 from pi0_eqm.models.pi0 import Pi0Config
 from pi0_eqm.models.tokenizer import ByteTokenizer
 from pi0_eqm.models.tokenizer import PaligemmaTokenizer
+from pi0_eqm.models.tokenizer import WordHashTokenizer
 from pi0_eqm.policies import robots
 
 DATA_HOME_ENV = "PI0_DATA_HOME"
@@ -51,13 +52,7 @@ class DataConfig:
 
 
 def model_transforms(model: Pi0Config, default_prompt: str | None = None) -> _t.Group:
-    tokenizer = (
-        ByteTokenizer(model.max_token_len)
-        if model.vocab_size < PaligemmaTokenizer.vocab_size_needed
-        else PaligemmaTokenizer(model.max_token_len)
-    )
-    if isinstance(tokenizer, ByteTokenizer) and model.vocab_size < ByteTokenizer.vocab_size_needed:
-        raise ValueError(f"vocab_size {model.vocab_size} is too small for the byte tokenizer (needs >= 259)")
+    tokenizer = make_tokenizer(model)
     h, w = model.image_resolution
     return _t.Group(
         inputs=(
@@ -68,6 +63,24 @@ def model_transforms(model: Pi0Config, default_prompt: str | None = None) -> _t.
             _t.PadStatesAndActions(model.action_dim),
         )
     )
+
+
+def make_tokenizer(model: Pi0Config):
+    kind = model.tokenizer
+    if kind == "auto":
+        kind = "bytes" if model.vocab_size < PaligemmaTokenizer.vocab_size_needed else "paligemma"
+    tokenizers = {
+        "paligemma": lambda: PaligemmaTokenizer(model.max_token_len),
+        "bytes": lambda: ByteTokenizer(model.max_token_len),
+        "words": lambda: WordHashTokenizer(model.max_token_len, model.vocab_size),
+    }
+    if kind not in tokenizers:
+        raise ValueError(f"unknown tokenizer {model.tokenizer!r}; expected auto, paligemma, bytes or words")
+    tok = tokenizers[kind]()
+    if model.vocab_size < tok.vocab_size_needed:
+        raise ValueError(f"vocab_size {model.vocab_size} is too small for the {kind} tokenizer "
+                         f"(needs >= {tok.vocab_size_needed})")
+    return tok
 
 
 @dataclasses.dataclass(frozen=True)

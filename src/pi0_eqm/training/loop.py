@@ -52,7 +52,10 @@ def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count:
                 f"no norm stats for asset {data_cfg.asset_id!r} under {config.assets_dir}; run "
                 f"`uv run scripts/compute_norm_stats.py {config.name}` first"
             )
-        transform = data_cfg.train_transform()
+        model_transform = data_cfg.train_transform()
+
+        def transform(sample: dict) -> dict:
+            return {**model_transform(sample), "action_is_pad": sample["action_is_pad"]}
     return DataLoader(source, batch_size=local_batch, seed=config.seed, shuffle=True, transform=transform,
                       shard_index=shard_index, shard_count=shard_count, num_threads=config.num_workers)
 

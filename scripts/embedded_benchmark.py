@@ -1,0 +1,120 @@
+"""The main job: the whole loop on the embedded Meta-World benchmark, on a laptop-class CPU, no downloads.
+
+    uv run scripts/embedded_benchmark.py                      # π₀-EqM: demos → norm stats → train → closed-loop eval
+    uv run scripts/embedded_benchmark.py --decoders eqm flow  # also the flow baseline, trained identically
+
+1. generates scripted-expert demos for the default 8 tasks (cached under ./data/metaworld),
+2. computes norm stats, 3. trains each decoder's config (resumes an interrupted run, reuses a finished one),
+4. evaluates closed loop on held-out configurations, prints a success table, writes JSON + PNG to ``--out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import tyro  # noqa: E402
+
+
+@dataclasses.dataclass
+class Args:
+    decoders: tuple[str, ...] = ("eqm",)  # eqm and/or flow
+    demos_per_task: int = 10
+    train_steps: int | None = None  # default: the config's (1500)
+    batch_size: int | None = None
+    episodes_per_task: int = 10
+    replan_every: int = 8
+    eval_seed: int = 1000
+    max_steps: int = 200
+    exp_name: str = "main"
+    retrain: bool = False  # ignore an existing finished run and train again
+    out: str = "results/embedded"
+    seed: int = 42
+
+
+def _configure(name: str, args: Args, data_path: str):
+    from pi0_eqm.training.config import get_config
+
+    cfg = get_config(name)
+    data = dataclasses.replace(cfg.data, path=data_path)
+    updates = {"data": data, "exp_name": args.exp_name, "seed": args.seed}
+    if args.train_steps is not None:
+        sched = dataclasses.replace(cfg.lr_schedule, decay_steps=args.train_steps)
+        updates |= {"num_train_steps": args.train_steps, "lr_schedule": sched,
+                    "save_interval": min(cfg.save_interval, args.train_steps)}
+    if args.batch_size is not None:
+        updates["batch_size"] = args.batch_size
+    return dataclasses.replace(cfg, **updates)
+
+
+def _train_or_reuse(cfg, retrain: bool) -> None:
+    from pi0_eqm.training import loop
+
+    run = cfg.checkpoint_dir
+    steps = sorted(int(p.name) for p in run.iterdir() if p.name.isdigit()) if run.is_dir() else []
+    if steps and steps[-1] >= cfg.num_train_steps and not retrain:
+        print(f"[{cfg.name}] reusing finished run {run} (step {steps[-1]})")
+        return
+    resume = bool(steps) and not retrain
+    cfg = dataclasses.replace(cfg, resume=resume, overwrite=not resume)
+    print(f"[{cfg.name}] {'resuming' if resume else 'training'} → {run}")
+    loop.train(cfg)
+
+
+def main(args: Args) -> dict:
+    from pi0_eqm.benchmarks import metaworld as bench
+    from pi0_eqm.envs.demos import generate_dataset
+    from pi0_eqm.envs.tasks import DEFAULT_TASKS
+    from pi0_eqm.policies.policy import PolicySettings
+    from pi0_eqm.training.data_config import data_home
+    from pi0_eqm.training.norm_stats import compute_for_config
+
+    names = {"eqm": "pi0_eqm_metaworld", "flow": "pi0_metaworld"}
+    bad = [d for d in args.decoders if d not in names]
+    if bad:
+        raise ValueError(f"unknown decoders {bad}; expected eqm and/or flow")
+    t0 = time.time()
+    timings = {}
+    version_dir = generate_dataset(data_home() / "metaworld", episodes_per_task=args.demos_per_task, resolution=64)
+    data_path = str(version_dir.parent.resolve())
+    timings["demos_s"] = time.time() - t0
+    print(f"demos: {version_dir} ({timings['demos_s']:.0f} s)")
+
+    rows, results = {}, {}
+    for dec in args.decoders:
+        cfg = _configure(names[dec], args, data_path)
+        t = time.time()
+        compute_for_config(cfg)
+        _train_or_reuse(cfg, args.retrain)
+        timings[f"train_{dec}_s"] = time.time() - t
+        t = time.time()
+        settings = PolicySettings(executed=args.replan_every)
+        policy = bench.load_policy(cfg, cfg.checkpoint_dir, settings)
+        res = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,
+                                    seed=args.eval_seed, max_steps=args.max_steps,
+                                    resolution=cfg.model.image_resolution[0])
+        timings[f"eval_{dec}_s"] = time.time() - t
+        rows[cfg.name] = bench.summary_row(res)
+        results[cfg.name] = res
+    timings["total_s"] = time.time() - t0
+    print()
+    print(bench.format_table(rows, DEFAULT_TASKS))
+    print(f"\nwall time: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    out = {"args": dataclasses.asdict(args), "summary": rows, "timings": timings, "results": results}
+    bench.save_json(os.path.join(args.out, "results.json"), out)
+    bench.plot_success(rows, DEFAULT_TASKS, os.path.join(args.out, "success.png"),
+                       "Meta-World (held-out configurations)")
+    print(f"results: {args.out}/results.json, {args.out}/success.png")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,125 @@
+"""Embedded-benchmark helpers: load a trained checkpoint as a Meta-World policy, evaluate it closed loop, summarize
+and plot. Used by ``scripts/eval.py``, ``scripts/embedded_benchmark.py`` and the study scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pi0_eqm.policies.policy import Policy
+from pi0_eqm.policies.policy import PolicySettings
+from pi0_eqm.training.config import TrainConfig
+
+
+def latest_step_dir(run_dir: str | os.PathLike) -> Path:
+    """The newest complete ``<run>/<step>`` directory (or ``run_dir`` itself if it is a step/exported dir)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "params").exists():
+        return run_dir
+    steps = sorted((int(p.name) for p in run_dir.iterdir() if p.name.isdigit() and (p / "params").exists()),
+                   reverse=True) if run_dir.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint steps under {run_dir}; train first (scripts/train.py)")
+    return run_dir / str(steps[0])
+
+
+def load_policy(config: TrainConfig, checkpoint: str | os.PathLike, settings: PolicySettings) -> Policy:
+    from pi0_eqm.policies.policy_config import create_trained_policy
+
+    return create_trained_policy(config, latest_step_dir(checkpoint), settings=settings)
+
+
+def evaluate_policy(policy: Policy, *, episodes_per_task: int, replan_every: int, seed: int, max_steps: int,
+                    tasks=None, resolution: int = 64, videos_per_task: int = 0, video_dir=None,
+                    progress: bool = True) -> dict[str, Any]:
+    from pi0_eqm.envs import evaluate as _ev
+    from pi0_eqm.envs.tasks import DEFAULT_TASKS
+
+    return _ev.evaluate(policy, tasks=tuple(tasks or DEFAULT_TASKS), episodes_per_task=episodes_per_task, seed=seed,
+                        max_steps=max_steps, replan_every=replan_every, resolution=resolution,
+                        videos_per_task=videos_per_task, video_dir=video_dir, progress=progress)
+
+
+def summary_row(result: dict[str, Any]) -> dict[str, Any]:
+    """Mean success, CI, solver iterations (mean/p50/p90 per chunk) and policy latency from an ``evaluate`` result."""
+    iters = [x for ep in result["episodes"] for x in ep["stats"].get("solver/iterations", [])]
+    lat = [x for ep in result["episodes"] for x in ep["latency_s"]]
+    overall = result["overall"]
+    return {
+        "mean_success": result["mean_success"],
+        "overall_success": overall["success_rate"],
+        "ci95": overall["ci95"],
+        "episodes": overall["n"],
+        "iters_mean": float(np.mean(iters)) if iters else None,
+        "iters_p50": float(np.percentile(iters, 50)) if iters else None,
+        "iters_p90": float(np.percentile(iters, 90)) if iters else None,
+        "latency_ms_mean": 1e3 * float(np.mean(lat)) if lat else None,
+        "latency_ms_p90": 1e3 * float(np.percentile(lat, 90)) if lat else None,
+        "per_task": {t: s["success_rate"] for t, s in result["per_task"].items()},
+    }
+
+
+def format_table(rows: dict[str, dict[str, Any]], tasks) -> str:
+    """A plain-text table: one row per named run, one column per task, then mean success with 95% CI."""
+    short = [t.replace("-v3", "") for t in tasks]
+    head = f"{'run':<28}" + "".join(f"{s[:12]:>13}" for s in short) + f"{'mean':>7}  {'95% CI':>13} {'iters':>7} {'ms':>6}"
+    lines = [head, "-" * len(head)]
+    for name, r in rows.items():
+        cells = "".join(f"{r['per_task'].get(t, float('nan')):>13.2f}" for t in tasks)
+        it = f"{r['iters_mean']:.0f}" if r.get("iters_mean") is not None else "-"
+        ms = f"{r['latency_ms_mean']:.0f}" if r.get("latency_ms_mean") is not None else "-"
+        lines.append(f"{name:<28}{cells}{r['mean_success']:>7.2f}  [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] "
+                     f"{it:>7} {ms:>6}")
+    return "\n".join(lines)
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomic JSON write (temp file in the same directory + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+def plot_success(rows: dict[str, dict[str, Any]], tasks, path: str | os.PathLike, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    x = np.arange(len(tasks) + 1)
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(x)), 4))
+    for i, name in enumerate(names):
+        r = rows[name]
+        vals = [r["per_task"].get(t, 0.0) for t in tasks] + [r["mean_success"]]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=name)
+    ax.set_xticks(x, [t.replace("-v3", "") for t in tasks] + ["MEAN"], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

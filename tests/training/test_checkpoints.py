@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,8 @@ def _random_like(tree, seed):
     return jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), tree)
 
 
-def _trained_state(params, *, ema: bool, step: int, seed: int = 0) -> TrainState:
-    """A state with a non-trivial adamw opt_state (one real update), distinct EMA params and a real key."""
+@functools.cache
+def _update_fn(ema: bool, seed: int):
     tx = optax.adamw(1e-3, weight_decay=1e-4)
 
     @jax.jit
@@ -48,7 +49,12 @@ def _trained_state(params, *, ema: bool, step: int, seed: int = 0) -> TrainState
         ema_params = jax.tree.map(lambda p: 0.5 * p, new_params) if ema else None
         return state.replace(step=step, params=new_params, opt_state=opt_state, ema_params=ema_params)
 
-    return one_update(params, _random_like(params, seed + 1), jnp.int32(step))
+    return one_update
+
+
+def _trained_state(params, *, ema: bool, step: int, seed: int = 0) -> TrainState:
+    """A state with a non-trivial adamw opt_state (one real update), distinct EMA params and a real key."""
+    return _update_fn(ema, seed)(params, _random_like(params, seed + 1), jnp.int32(step))
 
 
 def _small_state(step: int, *, ema: bool = False) -> TrainState:
@@ -130,7 +136,12 @@ def test_openpi_layout_on_disk(tmp_path, tiny_params):
         raw = c.restore(step_dir / "params")
     assert list(raw) == ["params"]
     assert set(raw["params"]) == {
-        "PaliGemma", "state_proj", "action_in_proj", "action_time_mlp_in", "action_time_mlp_out", "action_out_proj"
+        "PaliGemma",
+        "state_proj",
+        "action_in_proj",
+        "action_time_mlp_in",
+        "action_time_mlp_out",
+        "action_out_proj",
     }
     assert set(raw["params"]["PaliGemma"]) == {"img", "llm"}
     assert raw["params"]["PaliGemma"]["llm"]["layers"]["attn"]["q_einsum_1"]["w"].ndim == 4

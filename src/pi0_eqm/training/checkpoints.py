@@ -27,25 +27,26 @@ Differences from openpi (``openpi-compat.md`` §9):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 import dataclasses
+import itertools
 import json
 import logging
 import os
+from pathlib import Path
 import re
 import shutil
 import time
+from typing import Any
 import uuid
 import warnings
 import weakref
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
+from etils import epath
 import flax.traverse_util
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
 from pi0_eqm.data.normalize import NORM_STATS_FILE
 from pi0_eqm.data.normalize import NormStats
@@ -69,6 +70,22 @@ _MAX_LISTED = 20
 
 # Step currently being written asynchronously, per manager (for error messages).
 _PENDING_STEP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_BARRIER_COUNTER = itertools.count()
+
+
+def _on_primary(name: str, fn, *args) -> None:
+    """Run a directory mutation on process 0 only, between barriers (no-op barriers on a single process).
+
+    All processes must call this in the same order (barrier names come from a shared counter).
+    """
+    if jax.process_count() == 1:
+        fn(*args)
+        return
+    n = next(_BARRIER_COUNTER)
+    ocp.multihost.sync_global_processes(f"pi0_eqm_ckpt_{name}_{n}_before")
+    if jax.process_index() == 0:
+        fn(*args)
+    ocp.multihost.sync_global_processes(f"pi0_eqm_ckpt_{name}_{n}_after")
 
 
 class CheckpointSaveError(RuntimeError):
@@ -275,8 +292,9 @@ def initialize_checkpoint_dir(
     resuming = False
     if non_empty:
         if overwrite:
+            _refuse_to_wipe(directory)
             logger.info("--overwrite: deleting %s", directory)
-            _wipe(directory)
+            _on_primary("wipe", _wipe, directory)
         elif resume:
             resuming = True
         else:
@@ -294,8 +312,8 @@ def initialize_checkpoint_dir(
             "Drop --resume to start a new run (or check the experiment name / checkpoint base dir)."
         )
 
-    directory.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp_dirs(directory)
+    _on_primary("mkdir", lambda: directory.mkdir(parents=True, exist_ok=True))
+    _on_primary("remove_tmp", _remove_stale_tmp_dirs, directory)
 
     if resuming:
         steps = _step_dirs(directory)
@@ -323,7 +341,11 @@ def initialize_checkpoint_dir(
 
 
 def wait_until_saved(manager: ocp.CheckpointManager) -> None:
-    """Block until pending asynchronous saves are committed; raise :class:`CheckpointSaveError` if one failed."""
+    """Block until pending asynchronous saves are committed; raise :class:`CheckpointSaveError` if one failed.
+
+    Call it before exiting (or use ``save_state(..., wait=True)`` for the last save). After a failure, stop
+    training and restart with ``--resume``: orbax may still have writer threads of the failed step running.
+    """
     step = _PENDING_STEP.pop(manager, None)
     try:
         manager.wait_until_finished()
@@ -372,6 +394,8 @@ def save_state(
     step = int(jax.device_get(state.step))
     if step < 0:
         raise ValueError(f"cannot save negative step {step}")
+    norm_stats = _validate_norm_stats(norm_stats) if norm_stats else None
+    data_state = _validate_data_state(data_state) if data_state is not None else None
     wait_until_saved(manager)
     latest = manager.latest_step()
     if latest is not None and step <= latest:
@@ -385,9 +409,9 @@ def save_state(
         TRAIN_STATE_ITEM: ocp.args.PyTreeSave(train_state_item),
     }
     if norm_stats:
-        args[ASSETS_ITEM] = NormStatsSave(_validate_norm_stats(norm_stats))
+        args[ASSETS_ITEM] = NormStatsSave(norm_stats)
     if data_state is not None:
-        args[DATA_STATE_ITEM] = ocp.args.JsonSave(_validate_data_state(data_state))
+        args[DATA_STATE_ITEM] = ocp.args.JsonSave(data_state)
     try:
         saved = manager.save(step, args=ocp.args.Composite(**args), force=True)
     except Exception as e:
@@ -491,8 +515,12 @@ def _is_array_metadata(x) -> bool:
 
 
 def _compare(item: str, expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
-    diffs = [f"{item}/{k}: missing from the checkpoint (expected shape {expected[k]})" for k in expected if k not in found]
-    diffs += [f"{item}/{k}: in the checkpoint (shape {found[k]}) but not in the state" for k in found if k not in expected]
+    diffs = [
+        f"{item}/{k}: missing from the checkpoint (expected shape {expected[k]})" for k in expected if k not in found
+    ]
+    diffs += [
+        f"{item}/{k}: in the checkpoint (shape {found[k]}) but not in the state" for k in found if k not in expected
+    ]
     diffs += [
         f"{item}/{k}: shape {found[k]} in the checkpoint, {expected[k]} expected"
         for k in expected
@@ -543,7 +571,9 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Tra
         hint = ""
         if any(d.startswith(f"{TRAIN_STATE_ITEM}/params/") for d in diffs):
             hint = " (was the checkpoint saved with a different EMA setting?)"
-        shown = "\n  ".join(diffs[:_MAX_LISTED]) + (f"\n  ... {len(diffs) - _MAX_LISTED} more" if len(diffs) > _MAX_LISTED else "")
+        shown = "\n  ".join(diffs[:_MAX_LISTED]) + (
+            f"\n  ... {len(diffs) - _MAX_LISTED} more" if len(diffs) > _MAX_LISTED else ""
+        )
         raise CheckpointMismatchError(
             f"checkpoint {step_dir} does not match the train state{hint} — different model/optimizer config?\n  {shown}"
         )
@@ -614,7 +644,9 @@ def restore_state(
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None:
         if step not in steps:
-            raise FileNotFoundError(f"checkpoint step {step} not found in {directory}; available steps: {sorted(steps)}")
+            raise FileNotFoundError(
+                f"checkpoint step {step} not found in {directory}; available steps: {sorted(steps)}"
+            )
         candidates = [step]
     else:
         if not steps:
@@ -640,7 +672,7 @@ def restore_state(
                 logger.warning(msg)
             continue
         if failures:
-            _quarantine(directory, [s for s, _ in failures if s > candidate])
+            _on_primary("quarantine", _quarantine, directory, [s for s, _ in failures if s > candidate])
             manager.reload()
         logger.info("restored checkpoint step %d from %s", candidate, directory)
         return state, data_state, candidate
@@ -704,7 +736,9 @@ def restore_params(
     tree = _item_metadata_tree(path)
     if not isinstance(tree, Mapping) or PARAMS_ITEM not in tree:
         keys = list(tree) if isinstance(tree, Mapping) else type(tree).__name__
-        raise ValueError(f"{path} does not hold an openpi params checkpoint: expected top-level key 'params', got {keys}")
+        raise ValueError(
+            f"{path} does not hold an openpi params checkpoint: expected top-level key 'params', got {keys}"
+        )
     flat_meta = flax.traverse_util.flatten_dict(tree[PARAMS_ITEM])
     strip = bool(flat_meta) and all(k[-1] == "value" for k in flat_meta)
 

@@ -138,6 +138,19 @@ _CONFIGS: list[TrainConfig] = [
         checkpoint_base_dir="./checkpoints",
     ),
     TrainConfig(
+        name="debug_libero",  # tiny π₀-EqM with the full LIBERO transform stack (LeRobot data under --data.path)
+        model=model_config("pi0_tiny", EqmConfig(), real_action_dim=7),
+        data=dataclasses.replace(_LIBERO_DATA, path="lerobot/debug_libero"),
+        lr_schedule=ConstantSchedule(1e-3),
+        batch_size=4,
+        num_train_steps=10,
+        log_interval=1,
+        save_interval=5,
+        keep_period=None,
+        max_to_keep=2,
+        ema_decay=None,
+    ),
+    TrainConfig(
         name="debug_eqm",
         model=model_config("pi0_tiny", EqmConfig(), **_DEBUG_MODEL),
         data=ToyDataConfig(),

@@ -190,7 +190,7 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
             if stopping:
                 logger.warning("stopped at step %d; resume with --resume", done)
                 break
-        manager.wait_until_finished()
+        _ckpt.wait_until_saved(manager)
     return {"state": state, "history": history, "last_step": int(jax.device_get(state.step)), "start_step": start}
 
 

@@ -11,12 +11,12 @@ that the caller replaces with a real init.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import logging
 import os
-import re
-from collections.abc import Mapping
 from pathlib import Path
+import re
 from typing import Any
 from typing import Protocol
 
@@ -76,9 +76,7 @@ def merge_params(loaded: Mapping, reference: Mapping, *, missing_regex: str) -> 
 
     extra = sorted(set(flat_loaded) - set(flat_ref))
     if extra:
-        logger.warning(
-            "dropping %d loaded weights the model does not have: %s", len(extra), ", ".join(extra)
-        )
+        logger.warning("dropping %d loaded weights the model does not have: %s", len(extra), ", ".join(extra))
     if filled:
         logger.info("%d params not in the loaded weights keep their fresh init: %s", len(filled), ", ".join(filled))
 
@@ -102,9 +100,7 @@ def merge_params(loaded: Mapping, reference: Mapping, *, missing_regex: str) -> 
 def _local_path(path: str | os.PathLike, *, what: str, howto: str) -> Path:
     text = str(path)
     if "://" in text:
-        raise FileNotFoundError(
-            f"{what}: {text} is a remote path, and nothing is downloaded at run time. {howto}"
-        )
+        raise FileNotFoundError(f"{what}: {text} is a remote path, and nothing is downloaded at run time. {howto}")
     local = Path(text).expanduser().absolute()
     if not local.exists():
         raise FileNotFoundError(f"{what} not found: looked for {local}. {howto}")

@@ -1,0 +1,66 @@
+"""Policy: transforms + decoder + per-session warm start, on a real (tiny) LIBERO-config checkpoint written to disk."""
+
+import jax
+import numpy as np
+import pytest
+
+from pi0_eqm.errors import InvalidRequestError
+from pi0_eqm.policies.policy import PolicySettings
+from pi0_eqm.policies.policy_config import create_trained_policy
+from pi0_eqm.policies.policy_config import policy_from_params
+from pi0_eqm.training.config import get_config
+from tests.policies.conftest import libero_obs
+
+
+def test_policy_infers_libero_actions_and_warm_starts(trained_libero):
+    cfg, step_dir = trained_libero
+    assert (step_dir / "assets" / "physical-intelligence/libero" / "norm_stats.json").is_file()
+    policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(threshold=1e-2, max_iters=40, executed=2))
+    rng = np.random.default_rng(0)
+    out = policy.infer(libero_obs(rng), session="a")
+    assert out["actions"].shape == (cfg.model.action_horizon, 7)
+    assert np.all(np.isfinite(out["actions"]))
+    assert out["solver"]["warm_started"] is False and 1 <= out["solver"]["iterations"] <= 40
+    out2 = policy.infer(libero_obs(rng), session="a")
+    assert out2["solver"]["warm_started"] is True
+    # Another session is independent, and a reset drops the warm-start state.
+    assert policy.infer(libero_obs(rng), session="b")["solver"]["warm_started"] is False
+    policy.reset("a")
+    assert policy.infer(libero_obs(rng), session="a")["solver"]["warm_started"] is False
+    # Per-request settings.
+    out3 = policy.infer({**libero_obs(rng), "decoder_settings": {"max_iters": 3, "warm_start": "off"}}, session="c")
+    assert out3["solver"]["iterations"] == 3
+    with pytest.raises(InvalidRequestError, match="unknown decoder settings"):
+        policy.infer({**libero_obs(rng), "decoder_settings": {"epsilon": 1}})
+    with pytest.raises(InvalidRequestError, match="variant"):
+        policy.infer({**libero_obs(rng), "decoder_settings": {"variant": "adam"}})
+
+
+def test_delta_actions_round_trip_through_policy_outputs(trained_libero):
+    """With extra_delta_transform, outputs are absolute: zero model output → actions equal state (dims 0-5) + mean."""
+    cfg, step_dir = trained_libero
+    policy = create_trained_policy(cfg, step_dir)
+    obs = libero_obs(np.random.default_rng(1))
+    outputs = policy._outputs({"state": policy._inputs(dict(obs))["state"],
+                               "actions": np.zeros((cfg.model.action_horizon, 32), np.float32)})
+    stats = __import__("pi0_eqm.data.normalize", fromlist=["x"]).load_norm_stats(
+        step_dir / "assets" / "physical-intelligence/libero")
+    expected = stats["actions"].mean[:6] + obs["observation/state"][:6]
+    np.testing.assert_allclose(outputs["actions"][0, :6], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="params"):
+        create_trained_policy(get_config("debug_libero"), tmp_path)
+
+
+def test_flow_policy_from_params_runs():
+    cfg = get_config("debug")  # toy data: no robot transforms; feed model-ready inputs
+    params = cfg.model.init(jax.random.key(0))
+    policy = policy_from_params(cfg, params, None)
+    from pi0_eqm.toy import ToySource
+
+    sample = ToySource(cfg.model, 1)[0]
+    out = policy.infer({k: v for k, v in sample.items() if k not in ("actions", "action_is_pad")})
+    assert out["actions"].shape == (cfg.model.action_horizon, cfg.model.action_dim)
+    assert out["solver"]["decoder"] == "flow" and out["solver"]["iterations"] == 10

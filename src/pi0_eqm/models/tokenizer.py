@@ -23,10 +23,14 @@ def clean_prompt(text: str) -> str:
     return text.strip().replace("_", " ").replace("\n", " ")
 
 
+_WARNED: set[tuple[str, int]] = set()
+
+
 def _pad(ids: list[int], max_len: int, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-    if len(ids) > max_len:
+    if len(ids) > max_len and (prompt, max_len) not in _WARNED:
+        _WARNED.add((prompt, max_len))
         logger.warning("prompt %r is %d tokens long; truncating to max_len=%d", prompt, len(ids), max_len)
-        ids = ids[:max_len]
+    ids = ids[:max_len]
     tokens = np.zeros((max_len,), np.int32)
     mask = np.zeros((max_len,), bool)
     tokens[: len(ids)] = ids

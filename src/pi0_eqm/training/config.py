@@ -139,7 +139,7 @@ _CONFIGS: list[TrainConfig] = [
     ),
     TrainConfig(
         name="debug_libero",  # tiny π₀-EqM with the full LIBERO transform stack (LeRobot data under --data.path)
-        model=model_config("pi0_tiny", EqmConfig(), real_action_dim=7),
+        model=model_config("pi0_tiny", EqmConfig(), real_action_dim=7, tokenizer="words", max_token_len=12),
         data=dataclasses.replace(_LIBERO_DATA, path="lerobot/debug_libero"),
         lr_schedule=ConstantSchedule(1e-3),
         batch_size=4,
@@ -148,6 +148,14 @@ _CONFIGS: list[TrainConfig] = [
         save_interval=5,
         keep_period=None,
         max_to_keep=2,
+        ema_decay=None,
+    ),
+    TrainConfig(
+        name="debug_aloha",  # tiny π₀-EqM with the ALOHA / RoboTwin layout (3 cameras, 14-d joints)
+        model=model_config("pi0_tiny", EqmConfig(), real_action_dim=14, tokenizer="words", max_token_len=12),
+        data=EpisodicDataConfig(robot="aloha", format="lerobot", path="lerobot/debug_aloha", asset_id="aloha"),
+        batch_size=4,
+        num_train_steps=10,
         ema_decay=None,
     ),
     TrainConfig(

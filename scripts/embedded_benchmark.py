@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import tyro  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -103,7 +101,7 @@ def main(args: Args) -> dict:
     timings["total_s"] = time.time() - t0
     print()
     print(bench.format_table(rows, DEFAULT_TASKS))
-    print(f"\nwall time: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print("\nwall time: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     out = {"args": dataclasses.asdict(args), "summary": rows, "timings": timings, "results": results}
     bench.save_json(os.path.join(args.out, "results.json"), out)
     bench.plot_success(rows, DEFAULT_TASKS, os.path.join(args.out, "success.png"),
@@ -113,8 +111,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from pi0_eqm.cli import run
+
+    run(main, Args)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import tyro  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -65,8 +63,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from pi0_eqm.cli import run
+
+    run(main, Args)

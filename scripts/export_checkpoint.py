@@ -10,9 +10,6 @@ checkpoints use the same layout (EqM feeds t ≡ 0 through π₀'s time path, so
 from __future__ import annotations
 
 import dataclasses
-import sys
-
-import tyro
 
 
 @dataclasses.dataclass
@@ -26,13 +23,11 @@ class Args:
 def main(args: Args) -> None:
     from pi0_eqm.training.export import export_checkpoint
 
-    try:
-        out = export_checkpoint(args.checkpoint, args.out, bf16=args.bf16, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    out = export_checkpoint(args.checkpoint, args.out, bf16=args.bf16, overwrite=args.overwrite)
     print(f"exported to {out}")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    from pi0_eqm.cli import run
+
+    run(main, Args)

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
-
-import tyro
 
 
 @dataclasses.dataclass
@@ -66,14 +63,12 @@ def main(args: Args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        server = build_server(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    server = build_server(args)
     logging.getLogger("pi0_eqm").info("serving %s on %s:%d", args.config, args.host, args.port)
     server.serve_forever()
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    from pi0_eqm.cli import run
+
+    run(main, Args)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Literal
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -116,8 +115,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from pi0_eqm.cli import run
+
+    run(main, Args)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
+import sys
 
 
 def _setup() -> None:
@@ -29,7 +29,6 @@ def main() -> None:
     _setup()
     from pi0_eqm.training import config as _config
     from pi0_eqm.training import loop
-
     from pi0_eqm.training.checkpoints import CheckpointRestoreError
 
     cfg = _config.cli()

@@ -82,7 +82,6 @@ def train(config: Pi0Config, *, steps: int, batch_size: int = 32, lr: float = 1e
           log_every: int = 0, progress: bool = False):
     """Trains ``config``'s decoder on the toy task from random init. Returns ``(params, losses)``."""
     import jax
-    import optax
     from tqdm import tqdm
 
     from pi0_eqm.decoders import make_decoder

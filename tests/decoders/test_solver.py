@@ -63,7 +63,7 @@ def test_iterations_decrease_as_threshold_grows(problem):
     for eps in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
         res = solve(ideal_field(target), noise, SolverConfig(threshold=eps), DIM_MASK)
         counts.append(float(res.iterations.mean()))
-    assert all(a > b for a, b in zip(counts, counts[1:])), counts
+    assert all(a > b for a, b in zip(counts, counts[1:], strict=False)), counts
 
 
 def test_cap_is_respected_and_never_threshold(problem):

@@ -6,8 +6,8 @@ installed; in CI (``CI=true``) a missing install is a failure, not a skip.
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
+import sys
 
 import jax
 import numpy as np

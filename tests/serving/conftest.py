@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import collections
 import os
+from pathlib import Path
 import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pi0_eqm.serving import PolicyServer, WireLimits, libero_schema
+from pi0_eqm.serving import PolicyServer
+from pi0_eqm.serving import WireLimits
+from pi0_eqm.serving import libero_schema
 
 REPO = Path(__file__).resolve().parents[2]
 HORIZON, ACTION_DIM = 50, 7

@@ -8,8 +8,11 @@ import textwrap
 
 import numpy as np
 
-from pi0_eqm.serving import packb, unpackb
-from tests.serving.conftest import HORIZON, METADATA, expected_actions
+from pi0_eqm.serving import packb
+from pi0_eqm.serving import unpackb
+from tests.serving.conftest import HORIZON
+from tests.serving.conftest import METADATA
+from tests.serving.conftest import expected_actions
 
 CLIENT_SCRIPT = textwrap.dedent(
     """

@@ -12,9 +12,15 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from pi0_eqm.serving import PolicyServer, packb, unpackb
+from pi0_eqm.serving import PolicyServer
+from pi0_eqm.serving import packb
+from pi0_eqm.serving import unpackb
 from pi0_eqm.serving.load import run_load
-from tests.serving.conftest import HORIZON, METADATA, StatePolicy, expected_actions, libero_obs
+from tests.serving.conftest import HORIZON
+from tests.serving.conftest import METADATA
+from tests.serving.conftest import StatePolicy
+from tests.serving.conftest import expected_actions
+from tests.serving.conftest import libero_obs
 
 GOOD = libero_obs()
 

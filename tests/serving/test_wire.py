@@ -6,8 +6,17 @@ import msgpack
 import numpy as np
 import pytest
 
-from pi0_eqm.serving import ArraySpec, ImageSpec, ObservationSchema, StringSpec, aloha_schema, libero_schema, validate
-from pi0_eqm.serving.wire import WireError, WireLimits, packb, unpackb
+from pi0_eqm.serving import ArraySpec
+from pi0_eqm.serving import ImageSpec
+from pi0_eqm.serving import ObservationSchema
+from pi0_eqm.serving import StringSpec
+from pi0_eqm.serving import aloha_schema
+from pi0_eqm.serving import libero_schema
+from pi0_eqm.serving import validate
+from pi0_eqm.serving.wire import WireError
+from pi0_eqm.serving.wire import WireLimits
+from pi0_eqm.serving.wire import packb
+from pi0_eqm.serving.wire import unpackb
 
 
 def nd(data: bytes, dtype, shape) -> dict:

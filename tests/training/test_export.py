@@ -1,9 +1,9 @@
 """Export: a training step → openpi serving layout (params + assets), round trip, bf16, flow tree == π₀'s."""
 
 import dataclasses
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ def test_export_round_trip_and_layout(trained_libero, tmp_path):  # noqa: F811
     assert got == jax.tree_util.tree_structure(model_tree)
     a = restore_params(step_dir / "params", restore_type=np.ndarray)
     b = restore_params(out / "params", restore_type=np.ndarray)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     # Never overwritten by accident.
     with pytest.raises(FileExistsError):

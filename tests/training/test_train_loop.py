@@ -3,11 +3,11 @@
 import dataclasses
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -41,7 +41,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, name):
     losses_resumed = [h["loss"] for h in part["history"]] + [h["loss"] for h in resumed["history"]]
     np.testing.assert_allclose(losses_resumed, losses_full, rtol=1e-6)
     # Final params equal too (params, optimizer, EMA, RNG and data order were all restored).
-    for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(resumed["state"].params)):
+    for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(resumed["state"].params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     steps = sorted(int(p.name) for p in (tmp_path / "b" / name / "run").iterdir() if p.name.isdigit())
     assert steps[-1] == 8

@@ -85,7 +85,7 @@ def warm_vs_cold(config: Pi0Config, params, *, batch_size: int = 32, executed: i
     rows = []
     for eps in thresholds:
         settings = DecodeSettings(threshold=eps)
-        decode = jax.jit(lambda p, o, r, init: dec.decode(p, o, r, init=init, settings=settings))
+        decode = jax.jit(lambda p, o, r, init, s=settings: dec.decode(p, o, r, init=init, settings=s))
         obs0 = toy.make_obs(config, ids, state, np.random.default_rng(seed))
         noise0 = jax.random.normal(jax.random.key(seed), (batch_size, h, config.action_dim))
         prev, _ = decode(params, obs0, jax.random.key(0), noise0)

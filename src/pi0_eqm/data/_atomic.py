@@ -6,13 +6,13 @@ half-written file or dataset: either the old complete one, or the new complete o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import contextlib
 import os
+from pathlib import Path
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 
 def fsync_tree(root: Path) -> None:

@@ -11,10 +11,10 @@ an episode without decoding images and decode only the one frame a training samp
 
 from __future__ import annotations
 
-import dataclasses
-import io
 from collections.abc import Mapping
 from collections.abc import Sequence
+import dataclasses
+import io
 from typing import Any
 from typing import Protocol
 from typing import runtime_checkable

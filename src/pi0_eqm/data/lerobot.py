@@ -16,11 +16,11 @@ the network.
 from __future__ import annotations
 
 import collections
-import json
-import threading
 from collections.abc import Iterable
 from collections.abc import Mapping
+import json
 from pathlib import Path
+import threading
 from typing import Any
 
 import numpy as np

@@ -16,10 +16,10 @@ union of the hosts' batches does not depend on the host count. The iterator stat
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 import numpy as np

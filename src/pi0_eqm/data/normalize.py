@@ -12,12 +12,12 @@ Differences from openpi, all compatible with its files:
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import warnings
 from collections.abc import Iterable
 from collections.abc import Mapping
+import dataclasses
+import json
 from pathlib import Path
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm

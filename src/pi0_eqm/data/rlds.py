@@ -14,13 +14,13 @@ Reading (:class:`RldsDataset`) handles ``array_record`` datasets through ``tfds`
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
+from collections.abc import Mapping
 import json
+from pathlib import Path
 import re
 import shutil
 import threading
-from collections.abc import Iterable
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np

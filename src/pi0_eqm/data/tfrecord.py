@@ -17,12 +17,12 @@ computed in parallel (one vectorized table step per byte column) and then combin
 
 from __future__ import annotations
 
-import functools
-import os
-import struct
 from collections.abc import Iterable
 from collections.abc import Iterator
+import functools
+import os
 from pathlib import Path
+import struct
 
 import numpy as np
 

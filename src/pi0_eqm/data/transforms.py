@@ -7,10 +7,10 @@ inputs`` then ``model outputs → Unnormalize → robot outputs``. Model inputs 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -175,6 +175,16 @@ def make_bool_mask(*dims: int) -> tuple[bool, ...]:
     return tuple(out)
 
 
+def _shift_actions(data: dict, mask: tuple[bool, ...] | None, sign: float) -> dict:
+    if mask is None or "actions" not in data:
+        return data
+    n = len(mask)
+    actions = np.array(data["actions"], dtype=np.float32, copy=True)
+    state = np.asarray(data["state"], np.float32)
+    actions[..., :n] += sign * np.expand_dims(np.where(np.asarray(mask), state[..., :n], 0), axis=-2)
+    return {**data, "actions": actions}
+
+
 @dataclasses.dataclass(frozen=True)
 class DeltaActions:
     """actions[..., i] −= state[i] where mask[i] (absolute → relative to the current state)."""
@@ -182,14 +192,7 @@ class DeltaActions:
     mask: tuple[bool, ...] | None
 
     def __call__(self, data: dict) -> dict:
-        if self.mask is None or "actions" not in data:
-            return data
-        n = len(self.mask)
-        actions = np.array(data["actions"], dtype=np.float32, copy=True)
-        state = np.asarray(data["state"], np.float32)
-        m = np.asarray(self.mask)
-        actions[..., :n] -= np.expand_dims(np.where(m, state[..., :n], 0), axis=-2)
-        return {**data, "actions": actions}
+        return _shift_actions(data, self.mask, -1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,11 +202,4 @@ class AbsoluteActions:
     mask: tuple[bool, ...] | None
 
     def __call__(self, data: dict) -> dict:
-        if self.mask is None or "actions" not in data:
-            return data
-        n = len(self.mask)
-        actions = np.array(data["actions"], dtype=np.float32, copy=True)
-        state = np.asarray(data["state"], np.float32)
-        m = np.asarray(self.mask)
-        actions[..., :n] += np.expand_dims(np.where(m, state[..., :n], 0), axis=-2)
-        return {**data, "actions": actions}
+        return _shift_actions(data, self.mask, 1.0)

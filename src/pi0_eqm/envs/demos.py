@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pi0_eqm.data.episodes import Episode
+from pi0_eqm.envs.metaworld import generate_demos
 from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.envs.tasks import dataset_name
-from pi0_eqm.envs.metaworld import generate_demos
 
 
 def generate_dataset(root: str | Path, *, tasks: Sequence[str] = DEFAULT_TASKS, episodes_per_task: int = 10,

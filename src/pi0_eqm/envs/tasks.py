@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
+import hashlib
 
 # Fixed instruction per task. Each listed task's scripted expert solved 20/20 episodes in <= 126 steps (measured).
 INSTRUCTIONS: dict[str, str] = {

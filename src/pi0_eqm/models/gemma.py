@@ -15,8 +15,8 @@ under the given mask, and the output is split back and projected per expert. A K
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
+import dataclasses
 
 import flax.linen as nn
 import jax

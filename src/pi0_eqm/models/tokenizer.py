@@ -85,7 +85,6 @@ class PaligemmaTokenizer:
     vocab_size_needed = 257_152
 
     def _processor(self):
-        import sentencepiece
 
         path = self.model_path or os.environ.get(PALIGEMMA_TOKENIZER_ENV)
         if not path or not Path(path).is_file():

@@ -8,10 +8,10 @@ construction and can be overridden per request with a ``"decoder_settings"`` dic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax

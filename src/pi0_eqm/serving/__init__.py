@@ -1,17 +1,20 @@
 """openpi-compatible policy serving: wire codec (``wire``), observation schemas (``schema``), the websocket server
 (``server``) and a bounded load generator (``load``)."""
 
-from pi0_eqm.serving.schema import (
-    ArraySpec,
-    ImageSpec,
-    ObservationSchema,
-    StringSpec,
-    aloha_schema,
-    libero_schema,
-    validate,
-)
-from pi0_eqm.serving.server import CONTROL_KEY, RESET_KEY, PolicyServer
-from pi0_eqm.serving.wire import WireError, WireLimits, packb, unpackb
+from pi0_eqm.serving.schema import ArraySpec
+from pi0_eqm.serving.schema import ImageSpec
+from pi0_eqm.serving.schema import ObservationSchema
+from pi0_eqm.serving.schema import StringSpec
+from pi0_eqm.serving.schema import aloha_schema
+from pi0_eqm.serving.schema import libero_schema
+from pi0_eqm.serving.schema import validate
+from pi0_eqm.serving.server import CONTROL_KEY
+from pi0_eqm.serving.server import RESET_KEY
+from pi0_eqm.serving.server import PolicyServer
+from pi0_eqm.serving.wire import WireError
+from pi0_eqm.serving.wire import WireLimits
+from pi0_eqm.serving.wire import packb
+from pi0_eqm.serving.wire import unpackb
 
 __all__ = [
     "ArraySpec",

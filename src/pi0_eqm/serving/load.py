@@ -7,16 +7,18 @@ Both counts are capped and the whole run stops at ``max_seconds``, so it can nev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import inspect
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from websockets.sync.client import connect
 
-from pi0_eqm.serving.wire import WireLimits, packb, unpackb
+from pi0_eqm.serving.wire import WireLimits
+from pi0_eqm.serving.wire import packb
+from pi0_eqm.serving.wire import unpackb
 
 __all__ = ["run_load", "MAX_CLIENTS", "MAX_REQUESTS_PER_CLIENT"]
 

@@ -18,13 +18,15 @@ what it expects instead::
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from pi0_eqm.serving.wire import ALLOWED_KINDS, KIND_NAMES, WireError
+from pi0_eqm.serving.wire import ALLOWED_KINDS
+from pi0_eqm.serving.wire import KIND_NAMES
+from pi0_eqm.serving.wire import WireError
 
 __all__ = ["ArraySpec", "ImageSpec", "StringSpec", "ObservationSchema", "validate", "libero_schema", "aloha_schema"]
 

@@ -53,16 +53,21 @@ import logging
 import threading
 import time
 import traceback
+from typing import Any
+from typing import Protocol
 import uuid
-from typing import Any, Protocol
 
 import websockets
 import websockets.asyncio.server as ws_server
 from websockets.frames import CloseCode
 
-from pi0_eqm.serving.schema import ObservationSchema, validate
 from pi0_eqm.errors import InvalidRequestError
-from pi0_eqm.serving.wire import WireError, WireLimits, packb, unpackb
+from pi0_eqm.serving.schema import ObservationSchema
+from pi0_eqm.serving.schema import validate
+from pi0_eqm.serving.wire import WireError
+from pi0_eqm.serving.wire import WireLimits
+from pi0_eqm.serving.wire import packb
+from pi0_eqm.serving.wire import unpackb
 
 __all__ = ["PolicyServer", "SessionPolicy", "CONTROL_KEY", "RESET_KEY"]
 

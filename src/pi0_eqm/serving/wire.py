@@ -26,8 +26,6 @@ Every violation raises ``WireError`` (a ``ValueError``) naming the offending pat
 
 from __future__ import annotations
 
-from pi0_eqm.errors import InvalidRequestError
-
 import dataclasses
 import math
 import re
@@ -35,6 +33,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
+from pi0_eqm.errors import InvalidRequestError
 
 __all__ = ["WireError", "WireLimits", "packb", "unpackb", "ALLOWED_KINDS", "KIND_NAMES"]
 

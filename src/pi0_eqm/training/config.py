@@ -105,6 +105,13 @@ def _metaworld(name: str, decoder) -> TrainConfig:
         policy_metadata={"env": "metaworld"},
     )
 
+def _debug(name: str, model: Pi0Config, data, *, lr: float, batch_size: int = 8, ema_decay: float | None = None):
+    """CPU debugging configs: tiny model, 10 steps, a checkpoint every 5."""
+    return TrainConfig(name=name, model=model, data=data, lr_schedule=ConstantSchedule(lr), batch_size=batch_size,
+                       num_train_steps=10, log_interval=1, save_interval=5, keep_period=None, max_to_keep=2,
+                       ema_decay=ema_decay)
+
+
 _CONFIGS: list[TrainConfig] = [
     # ---------------------------------------------------------------------------------------------- LIBERO
     TrainConfig(
@@ -123,54 +130,17 @@ _CONFIGS: list[TrainConfig] = [
     _metaworld("pi0_metaworld", FlowConfig()),
     _metaworld("pi0_eqm_metaworld", EqmConfig()),
     # --------------------------------------------------------------------------------------- CPU debugging
-    TrainConfig(
-        name="debug",
-        model=model_config("pi0_tiny", FlowConfig(), **_DEBUG_MODEL),
-        data=ToyDataConfig(),
-        lr_schedule=ConstantSchedule(3e-3),
-        batch_size=8,
-        num_train_steps=10,
-        log_interval=1,
-        save_interval=5,
-        keep_period=None,
-        max_to_keep=2,
-        ema_decay=None,
-        checkpoint_base_dir="./checkpoints",
-    ),
-    TrainConfig(
-        name="debug_libero",  # tiny π₀-EqM with the full LIBERO transform stack (LeRobot data under --data.path)
-        model=model_config("pi0_tiny", EqmConfig(), real_action_dim=7, tokenizer="words", max_token_len=12),
-        data=dataclasses.replace(_LIBERO_DATA, path="lerobot/debug_libero"),
-        lr_schedule=ConstantSchedule(1e-3),
-        batch_size=4,
-        num_train_steps=10,
-        log_interval=1,
-        save_interval=5,
-        keep_period=None,
-        max_to_keep=2,
-        ema_decay=None,
-    ),
-    TrainConfig(
-        name="debug_aloha",  # tiny π₀-EqM with the ALOHA / RoboTwin layout (3 cameras, 14-d joints)
-        model=model_config("pi0_tiny", EqmConfig(), real_action_dim=14, tokenizer="words", max_token_len=12),
-        data=EpisodicDataConfig(robot="aloha", format="lerobot", path="lerobot/debug_aloha", asset_id="aloha"),
-        batch_size=4,
-        num_train_steps=10,
-        ema_decay=None,
-    ),
-    TrainConfig(
-        name="debug_eqm",
-        model=model_config("pi0_tiny", EqmConfig(), **_DEBUG_MODEL),
-        data=ToyDataConfig(),
-        lr_schedule=ConstantSchedule(3e-3),
-        batch_size=8,
-        num_train_steps=10,
-        log_interval=1,
-        save_interval=5,
-        keep_period=None,
-        max_to_keep=2,
-        ema_decay=0.9,
-    ),
+    _debug("debug", model_config("pi0_tiny", FlowConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3),
+    _debug("debug_eqm", model_config("pi0_tiny", EqmConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3,
+           ema_decay=0.9),
+    # tiny π₀-EqM with the full LIBERO transform stack (LeRobot data under --data.path)
+    _debug("debug_libero", model_config("pi0_tiny", EqmConfig(), real_action_dim=7, tokenizer="words", max_token_len=12),
+           dataclasses.replace(_LIBERO_DATA, path="lerobot/debug_libero"), lr=1e-3, batch_size=4),
+    # tiny π₀-EqM with the ALOHA / RoboTwin layout (3 cameras, 14-d joints)
+    _debug("debug_aloha", model_config("pi0_tiny", EqmConfig(), real_action_dim=14, tokenizer="words",
+                                       max_token_len=12),
+           EpisodicDataConfig(robot="aloha", format="lerobot", path="lerobot/debug_aloha", asset_id="aloha"),
+           lr=1e-3, batch_size=4),
 ]
 
 

@@ -6,9 +6,9 @@ The export is built in a hidden sibling directory and renamed into place: ``<out
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import shutil
 import uuid
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 import signal
 import time
-from pathlib import Path
 
 import jax
 import numpy as np

@@ -32,6 +32,10 @@ class Args:
     retrain: bool = False  # ignore an existing finished run and train again
     out: str = "results/embedded"
     seed: int = 42
+    tasks: tuple[str, ...] | None = None  # default: the 8 default tasks
+    checkpoint_base_dir: str = "./checkpoints"
+    assets_base_dir: str = "./assets"
+    progress: bool = True
 
 
 def _configure(name: str, args: Args, data_path: str):
@@ -39,9 +43,11 @@ def _configure(name: str, args: Args, data_path: str):
 
     cfg = get_config(name)
     data = dataclasses.replace(cfg.data, path=data_path)
-    updates = {"data": data, "exp_name": args.exp_name, "seed": args.seed}
+    updates = {"data": data, "exp_name": args.exp_name, "seed": args.seed,
+               "checkpoint_base_dir": args.checkpoint_base_dir, "assets_base_dir": args.assets_base_dir}
     if args.train_steps is not None:
-        sched = dataclasses.replace(cfg.lr_schedule, decay_steps=args.train_steps)
+        sched = dataclasses.replace(cfg.lr_schedule, decay_steps=args.train_steps,
+                                    warmup_steps=min(cfg.lr_schedule.warmup_steps, max(1, args.train_steps // 10)))
         updates |= {"num_train_steps": args.train_steps, "lr_schedule": sched,
                     "save_interval": min(cfg.save_interval, args.train_steps)}
     if args.batch_size is not None:
@@ -49,7 +55,7 @@ def _configure(name: str, args: Args, data_path: str):
     return dataclasses.replace(cfg, **updates)
 
 
-def _train_or_reuse(cfg, retrain: bool) -> None:
+def _train_or_reuse(cfg, retrain: bool, progress: bool) -> None:
     from pi0_eqm.training import loop
 
     run = cfg.checkpoint_dir
@@ -60,7 +66,7 @@ def _train_or_reuse(cfg, retrain: bool) -> None:
     resume = bool(steps) and not retrain
     cfg = dataclasses.replace(cfg, resume=resume, overwrite=not resume)
     print(f"[{cfg.name}] {'resuming' if resume else 'training'} → {run}")
-    loop.train(cfg)
+    loop.train(cfg, progress=progress)
 
 
 def main(args: Args) -> dict:
@@ -77,7 +83,9 @@ def main(args: Args) -> dict:
         raise ValueError(f"unknown decoders {bad}; expected eqm and/or flow")
     t0 = time.time()
     timings = {}
-    version_dir = generate_dataset(data_home() / "metaworld", episodes_per_task=args.demos_per_task, resolution=64)
+    tasks = tuple(args.tasks or DEFAULT_TASKS)
+    version_dir = generate_dataset(data_home() / "metaworld", tasks=tasks, episodes_per_task=args.demos_per_task,
+                                   resolution=64, progress=args.progress)
     data_path = str(version_dir.parent.resolve())
     timings["demos_s"] = time.time() - t0
     print(f"demos: {version_dir} ({timings['demos_s']:.0f} s)")
@@ -87,24 +95,24 @@ def main(args: Args) -> dict:
         cfg = _configure(names[dec], args, data_path)
         t = time.time()
         compute_for_config(cfg)
-        _train_or_reuse(cfg, args.retrain)
+        _train_or_reuse(cfg, args.retrain, args.progress)
         timings[f"train_{dec}_s"] = time.time() - t
         t = time.time()
         settings = PolicySettings(executed=args.replan_every)
         policy = bench.load_policy(cfg, cfg.checkpoint_dir, settings)
         res = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,
-                                    seed=args.eval_seed, max_steps=args.max_steps,
-                                    resolution=cfg.model.image_resolution[0])
+                                    seed=args.eval_seed, max_steps=args.max_steps, tasks=tasks,
+                                    resolution=cfg.model.image_resolution[0], progress=args.progress)
         timings[f"eval_{dec}_s"] = time.time() - t
         rows[cfg.name] = bench.summary_row(res)
         results[cfg.name] = res
     timings["total_s"] = time.time() - t0
     print()
-    print(bench.format_table(rows, DEFAULT_TASKS))
+    print(bench.format_table(rows, tasks))
     print("\nwall time: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     out = {"args": dataclasses.asdict(args), "summary": rows, "timings": timings, "results": results}
     bench.save_json(os.path.join(args.out, "results.json"), out)
-    bench.plot_success(rows, DEFAULT_TASKS, os.path.join(args.out, "success.png"),
+    bench.plot_success(rows, tasks, os.path.join(args.out, "success.png"),
                        "Meta-World (held-out configurations)")
     print(f"results: {args.out}/results.json, {args.out}/success.png")
     return out

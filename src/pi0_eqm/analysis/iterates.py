@@ -244,6 +244,65 @@ def expert_chunk(env, episode: int, history: Sequence[np.ndarray], horizon: int)
     return np.stack(out).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Replan:
+    """One replanning point of :func:`closed_loop_records`."""
+
+    step: int  # env steps executed before this observation
+    obs: dict  # the observation the solver saw
+    history: np.ndarray  # [step, d] actions executed before it
+    cold: SolveRecord  # solve from fresh noise
+    warm: SolveRecord | None  # solve from the aligned warm start (same noise after the reused part); None at step 0
+    executed: np.ndarray  # [<= replan_every, d] the actions then executed
+    expert: np.ndarray | None  # [<= H, d] the expert's next actions from this state (if a scratch env was given)
+
+
+def closed_loop_records(policy, env, episode: int, *, replan_every: int, num_chunks: int, eps: float = 1e-2,
+                        seed: int = 0, warm_mode: str = "aligned", scratch_env=None,
+                        settings: DecodeSettings = FULL_TRAJECTORY) -> list[Replan]:
+    """Runs the policy closed loop for up to ``num_chunks`` chunks of episode ``episode``, recording at every
+    replanning point a cold solve and (after the first chunk) a warm-started solve from the *same* noise, as
+    ``Policy.infer`` would build it. The chunk executed is what the deployed policy would execute: the warm solve's
+    (the cold one's for the first chunk) chunk returned at threshold ``eps``; its first ``replan_every`` actions are
+    stepped in ``env``. With ``scratch_env`` (same task and seed) the expert's next ``H`` actions are recorded too.
+    """
+    horizon = policy.config.action_horizon
+    if not 1 <= replan_every <= horizon:
+        raise ValueError(f"replan_every must be in [1, {horizon}], got {replan_every}")
+    obs = env.reset(episode)
+    history: list[np.ndarray] = []
+    prev: np.ndarray | None = None
+    out: list[Replan] = []
+    for i in range(num_chunks):
+        noise = noise_chunk(policy, seed * 100_003 + i)
+        cold = record_solve(policy, obs, init=noise, seed=seed, settings=settings)
+        warm = None
+        if prev is not None and warm_mode != "off":
+            init = warm_start_from(policy, obs, prev, replan_every, noise, warm_mode)
+            warm = record_solve(policy, obs, init=init, seed=seed, settings=settings)
+        chunk = returned_chunk(warm if warm is not None else cold, eps)
+        expert = None
+        if scratch_env is not None:
+            h = min(horizon, env.max_steps - len(history))
+            expert = expert_chunk(scratch_env, episode, history, h) if h > 0 else None
+        executed = []
+        for j, a in enumerate(chunk[:replan_every]):
+            step_obs, _, done = env.step(a, render=j == replan_every - 1)
+            executed.append(np.asarray(a, np.float32))
+            if done:
+                break
+        out.append(Replan(step=len(history), obs=obs, history=np.asarray(history, np.float32).reshape(-1, chunk.shape[-1]),
+                          cold=cold, warm=warm, executed=np.stack(executed), expert=expert))
+        history.extend(executed)
+        prev = chunk
+        if env.done:
+            break
+        if step_obs is None:
+            step_obs = env.observation()
+        obs = step_obs
+    return out
+
+
 def solve_statistics(records: Mapping[str, Sequence[SolveRecord]], thresholds: Sequence[float]) -> dict:
     """``{name: {ε: {"mean_iters", "reached"}}}`` over lists of records (e.g. ``{"cold": [...], "warm": [...]}``):
     mean field evaluations to reach ε (``k + 1``; records that never reach ε count as their full budget) and the

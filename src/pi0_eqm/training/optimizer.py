@@ -14,6 +14,10 @@ class CosineDecaySchedule:
     decay_steps: int = 30_000
     decay_lr: float = 2.5e-6
 
+    def __post_init__(self):
+        if not 0 <= self.warmup_steps < self.decay_steps:
+            raise ValueError(f"need 0 <= warmup_steps ({self.warmup_steps}) < decay_steps ({self.decay_steps})")
+
     def create(self) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(
             init_value=self.peak_lr / (self.warmup_steps + 1),

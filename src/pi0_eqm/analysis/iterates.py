@@ -13,7 +13,11 @@ its arguments (the only cache is ``jax.jit``'s compilation cache):
   would have returned;
 * :func:`per_dim_convergence`, :func:`distance_to` — distance of each iterate to the final iterate (per action
   dimension) or to a reference chunk (e.g. the expert's);
-* :func:`expert_chunk` — the scripted expert's next ``H`` actions from the state reached by a given action history.
+* :func:`expert_chunk` — the scripted expert's next ``H`` actions from the state reached by a given action history;
+* :func:`closed_loop_records` — the policy driving a Meta-World env, with a cold and a warm recorded solve (same
+  noise) at every replanning point and the expert's next actions from each reached state;
+* :func:`solve_statistics`, :func:`paired_savings` — iterations to ε over many records, cold vs warm;
+* :func:`policy_with_settings` — the same policy (params, transforms) with other ``PolicySettings`` (e.g. another ε).
 
 The solver run by :func:`record_solve` defaults to ``threshold=0`` (never stop early) so the whole trajectory up to
 ``max_iters`` is recorded. Stopping at ε only freezes a sample, it does not change the iterates before the stop, so
@@ -23,11 +27,11 @@ stopped, and :func:`returned_chunk` the chunk it would have returned (the lookah
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
+import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -115,6 +119,16 @@ def warm_start_from(policy, obs: Mapping[str, Any], prev_actions: np.ndarray, ex
     init = warm_start_init(jnp.asarray(prev_model)[None], executed, jnp.asarray(noise, jnp.float32)[None], mode,
                            max_reuse)
     return np.asarray(init[0])
+
+
+def policy_with_settings(policy, settings):
+    """A new :class:`Policy` sharing ``policy``'s params and transforms but with other ``PolicySettings`` (e.g. another
+    ε for a closed-loop comparison) and fresh session state; nothing is reloaded."""
+    from pi0_eqm.policies.policy import Policy
+
+    return Policy(policy.config, policy.params, input_transforms=(policy._inputs,),
+                  output_transforms=(policy._outputs,), action_transforms=(policy._actions_in,), settings=settings,
+                  metadata=policy.metadata)
 
 
 def noise_chunk(policy, seed: int | jax.Array) -> np.ndarray:
@@ -206,12 +220,16 @@ def per_dim_convergence(iterates: np.ndarray, final: np.ndarray | None = None) -
     return np.sqrt(np.mean(np.square(it - ref[None]), axis=1))
 
 
-def distance_to(iterates: np.ndarray, reference: np.ndarray, dims: Sequence[int] | None = None) -> np.ndarray:
+def distance_to(iterates: np.ndarray, reference: np.ndarray, dims: Sequence[int] | None = None,
+                clip: tuple[float, float] | None = None) -> np.ndarray:
     """RMS distance of each iterate ``[K+1, H, d]`` to ``reference [H, d]`` over the horizon and ``dims`` → ``[K+1]``.
 
-    If ``reference`` is shorter than the horizon (an expert rollout that ended), only its steps are compared."""
+    If ``reference`` is shorter than the horizon (an expert rollout that ended), only its steps are compared. ``clip``
+    clips both first (e.g. ``(-1, 1)``: what a Meta-World env actually executes)."""
     it = np.asarray(iterates, np.float64)
     ref = np.asarray(reference, np.float64)
+    if clip is not None:
+        it, ref = np.clip(it, *clip), np.clip(ref, *clip)
     h = min(it.shape[1], ref.shape[0])
     diff = it[:, :h] - ref[None, :h]
     if dims is not None:
@@ -312,7 +330,25 @@ def solve_statistics(records: Mapping[str, Sequence[SolveRecord]], thresholds: S
         out[name] = {}
         for eps in thresholds:
             ks = [stop_points(r.residuals, [eps])[float(eps)] for r in recs]
-            iters = [r.num_iters if k is None else k + 1 for r, k in zip(recs, ks)]
+            iters = [r.num_iters if k is None else k + 1 for r, k in zip(recs, ks, strict=True)]
             out[name][float(eps)] = {"mean_iters": float(np.mean(iters)) if iters else float("nan"),
                                     "reached": float(np.mean([k is not None for k in ks])) if ks else float("nan")}
+    return out
+
+
+def paired_savings(pairs: Sequence[tuple[SolveRecord, SolveRecord]], thresholds: Sequence[float]) -> dict:
+    """``{ε: {"n", "mean_saved", "relative"}}`` over (cold, warm) pairs of the same observation and noise where both
+    reached ε: mean iterations saved by the warm start (cold − warm) and that saving relative to the cold count."""
+    out: dict[float, dict[str, float]] = {}
+    for eps in thresholds:
+        saved, cold_iters = [], []
+        for cold, warm in pairs:
+            kc = stop_points(cold.residuals, [eps])[float(eps)]
+            kw = stop_points(warm.residuals, [eps])[float(eps)]
+            if kc is not None and kw is not None:
+                saved.append(kc - kw)
+                cold_iters.append(kc + 1)
+        out[float(eps)] = {"n": len(saved),
+                           "mean_saved": float(np.mean(saved)) if saved else float("nan"),
+                           "relative": float(np.sum(saved) / np.sum(cold_iters)) if saved else float("nan")}
     return out

@@ -2,8 +2,8 @@
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
+import sys
 
 import pytest
 
@@ -29,7 +29,7 @@ def test_embedded_benchmark_end_to_end(tmp_path, monkeypatch):
     out = mod.main(args)
     summary = out["summary"]
     assert set(summary) == {"pi0_eqm_metaworld", "pi0_metaworld"}
-    for name, row in summary.items():
+    for row in summary.values():
         assert row["episodes"] == 2 and 0.0 <= row["mean_success"] <= 1.0
         assert set(row["per_task"]) == {"handle-press-v3", "coffee-button-v3"}
         assert row["latency_ms_mean"] > 0

@@ -43,20 +43,22 @@ import warnings
 import weakref
 
 from etils import epath
-import flax.traverse_util
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from pi0_eqm.data.normalize import NORM_STATS_FILE
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.data.normalize import load_norm_stats
 from pi0_eqm.data.normalize import save_norm_stats
+from pi0_eqm.training.params_io import PARAMS_ITEM
+from pi0_eqm.training.params_io import _default_sharding
+from pi0_eqm.training.params_io import _item_metadata_tree
+from pi0_eqm.training.params_io import restore_params  # noqa: F401  (re-exported)
+from pi0_eqm.training.params_io import save_params  # noqa: F401  (re-exported)
 from pi0_eqm.training.train_step import TrainState
 
 logger = logging.getLogger(__name__)
 
-PARAMS_ITEM = "params"
 TRAIN_STATE_ITEM = "train_state"
 ASSETS_ITEM = "assets"
 DATA_STATE_ITEM = "data_state"
@@ -506,10 +508,6 @@ def _flat_shapes(tree, is_leaf=None) -> dict[str, tuple[int, ...]]:
     return {"/".join(_key_str(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def _item_metadata_tree(item_dir: Path):
-    return ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir)).tree
-
-
 def _is_array_metadata(x) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
@@ -527,11 +525,6 @@ def _compare(item: str, expected: dict[str, tuple], found: dict[str, tuple]) -> 
         if k in found and found[k] != expected[k]
     ]
     return diffs
-
-
-def _default_sharding() -> jax.sharding.Sharding:
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("x",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
 def _restore_args(abstract_tree):
@@ -687,110 +680,3 @@ def restore_norm_stats(step_dir: str | os.PathLike) -> dict[str, dict[str, NormS
     """``{asset_id: {key: NormStats}}`` from ``<step_dir>/assets/`` (empty dict if the step has none)."""
     assets = Path(step_dir) / ASSETS_ITEM
     return _read_assets(assets) if assets.is_dir() else {}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Params-only checkpoints (openpi's <dir>/params)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _resolve_params_dir(path: str | os.PathLike) -> Path:
-    if str(path).startswith(("gs://", "s3://", "http://", "https://")):
-        raise FileNotFoundError(
-            f"remote checkpoint paths are not supported at run time ({path}); copy it to local disk first, e.g. "
-            f"`gsutil -m cp -r {path} <local_dir>`, and pass the local path"
-        )
-    path = Path(path).expanduser().absolute()
-    if not path.exists():
-        raise FileNotFoundError(f"params checkpoint not found: {path}")
-    if not (path / "_METADATA").is_file() and (path / PARAMS_ITEM / "_METADATA").is_file():
-        path = path / PARAMS_ITEM  # given the checkpoint (or step) directory instead of its params/
-    if not (path / "_METADATA").is_file():
-        raise FileNotFoundError(
-            f"{path} is not an orbax params checkpoint (no _METADATA); expected an openpi-style '<checkpoint>/params' "
-            "directory"
-        )
-    return path
-
-
-def _strip_value_suffix(flat: dict[tuple, Any]) -> dict[tuple, Any]:
-    if flat and all(k[-1] == "value" for k in flat):
-        return {k[:-1]: v for k, v in flat.items()}
-    return flat
-
-
-def restore_params(
-    path: str | os.PathLike,
-    *,
-    dtype: Any = None,
-    sharding: jax.sharding.Sharding | Mapping | None = None,
-    restore_type: type = jax.Array,
-) -> dict:
-    """Read an openpi ``<checkpoint>/params`` directory into a nested pure dict (openpi's ``restore_params``).
-
-    Trailing ``value`` keys (openpi nnx training checkpoints) are stripped. ``dtype`` casts every leaf.
-    ``sharding`` is one sharding for all leaves or a nested dict of shardings (paths without ``value``); default
-    replicated. ``restore_type=np.ndarray`` gives host numpy arrays (sharding ignored).
-    """
-    path = _resolve_params_dir(path)
-    tree = _item_metadata_tree(path)
-    if not isinstance(tree, Mapping) or PARAMS_ITEM not in tree:
-        keys = list(tree) if isinstance(tree, Mapping) else type(tree).__name__
-        raise ValueError(
-            f"{path} does not hold an openpi params checkpoint: expected top-level key 'params', got {keys}"
-        )
-    flat_meta = flax.traverse_util.flatten_dict(tree[PARAMS_ITEM])
-    strip = bool(flat_meta) and all(k[-1] == "value" for k in flat_meta)
-
-    if restore_type is np.ndarray:
-        flat_args = {k: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype) for k in flat_meta}
-    else:
-        if isinstance(sharding, Mapping):
-            flat_sharding = flax.traverse_util.flatten_dict(sharding)
-        else:
-            single = sharding if sharding is not None else _default_sharding()
-            flat_sharding = None
-        flat_args = {}
-        for k in flat_meta:
-            if flat_sharding is not None:
-                key = k[:-1] if strip else k
-                if key not in flat_sharding:
-                    raise KeyError(f"no sharding given for param {'/'.join(key)}")
-                s = flat_sharding[key]
-            else:
-                s = single
-            flat_args[k] = ocp.ArrayRestoreArgs(restore_type=jax.Array, sharding=s, dtype=dtype)
-    item = {PARAMS_ITEM: tree[PARAMS_ITEM]}
-    restore_args = {PARAMS_ITEM: flax.traverse_util.unflatten_dict(flat_args)}
-    with ocp.PyTreeCheckpointer() as ckptr:
-        restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))[PARAMS_ITEM]
-    flat = flax.traverse_util.flatten_dict(restored)
-    return flax.traverse_util.unflatten_dict(_strip_value_suffix(flat))
-
-
-def save_params(path: str | os.PathLike, params: Mapping, *, overwrite: bool = False) -> Path:
-    """Atomically write an openpi-style params checkpoint ``{"params": params}`` (OCDBT) at ``path``.
-
-    The checkpoint is built in a hidden sibling directory and renamed into place, so ``path`` is either absent,
-    the old complete checkpoint, or the new complete one. Cast to bf16 before calling if wanted.
-    """
-    path = Path(path).expanduser().absolute()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            ckptr.save(epath.Path(tmp), args=ocp.args.PyTreeSave({PARAMS_ITEM: dict(params)}))
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except BaseException:
-        for leftover in path.parent.glob(f"{tmp.name}*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        raise
-    return path

@@ -23,7 +23,7 @@ from typing import Protocol
 import flax.traverse_util
 import numpy as np
 
-from pi0_eqm.training.checkpoints import restore_params
+from pi0_eqm.training.params_io import restore_params
 
 logger = logging.getLogger(__name__)
 

@@ -56,11 +56,8 @@ class LiberoOutputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class MetaWorldInputs:
+class MetaWorldInputs(LiberoInputs):
     """Same keys as LIBERO: corner camera (upright), ``gripperPOV`` wrist camera, 4-d state (hand xyz + gripper)."""
-
-    def __call__(self, data: dict) -> dict:
-        return _two_camera_inputs(data, "observation/image", "observation/wrist_image", "observation/state")
 
 
 @dataclasses.dataclass(frozen=True)

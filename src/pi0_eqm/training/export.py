@@ -19,6 +19,7 @@ from pi0_eqm.training.checkpoints import check_checkpoint_step
 from pi0_eqm.training.checkpoints import restore_norm_stats
 from pi0_eqm.training.checkpoints import restore_params
 from pi0_eqm.training.checkpoints import save_params
+from pi0_eqm.training.params_io import publish_dir
 
 
 def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf16: bool = False,
@@ -41,14 +42,7 @@ def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf
         save_params(tmp / "params", params)
         for asset_id, stats in norm_stats.items():
             save_norm_stats(tmp / "assets" / asset_id, stats)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -105,6 +105,19 @@ def restore_params(
     return flax.traverse_util.unflatten_dict(_strip_value_suffix(flat))
 
 
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Renames the finished directory ``tmp`` to ``final``, replacing an existing ``final`` only once ``tmp`` is
+    complete (the old one is moved aside first and deleted last)."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, final)
+
+
 def save_params(path: str | os.PathLike, params: Mapping, *, overwrite: bool = False) -> Path:
     """Atomically write an openpi-style params checkpoint ``{"params": params}`` (OCDBT) at ``path``.
 
@@ -119,13 +132,7 @@ def save_params(path: str | os.PathLike, params: Mapping, *, overwrite: bool = F
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
             ckptr.save(epath.Path(tmp), args=ocp.args.PyTreeSave({PARAMS_ITEM: dict(params)}))
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
+        publish_dir(tmp, path)
     except BaseException:
         for leftover in path.parent.glob(f"{tmp.name}*"):
             shutil.rmtree(leftover, ignore_errors=True)

@@ -26,6 +26,25 @@ def _uint8_hwc(img) -> np.ndarray:
     return img
 
 
+def _pass_actions_and_prompt(data: dict, out: dict) -> dict:
+    """Carries the training actions and the prompt through a robot input transform."""
+    if "actions" in data:
+        out["actions"] = np.asarray(data["actions"], np.float32)
+    if "prompt" in data:
+        out["prompt"] = data["prompt"]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _SliceActions:
+    """Robot output transform: the first ``dim`` dims of the model's padded action chunk."""
+
+    dim: int
+
+    def __call__(self, data: dict) -> dict:
+        return {"actions": np.asarray(data["actions"][..., : self.dim])}
+
+
 def _two_camera_inputs(data: dict, base_key: str, wrist_key: str, state_key: str) -> dict:
     base = _uint8_hwc(data[base_key])
     wrist = _uint8_hwc(data[wrist_key])
@@ -34,11 +53,7 @@ def _two_camera_inputs(data: dict, base_key: str, wrist_key: str, state_key: str
         "image": {"base_0_rgb": base, "left_wrist_0_rgb": wrist, "right_wrist_0_rgb": np.zeros_like(base)},
         "image_mask": {"base_0_rgb": np.True_, "left_wrist_0_rgb": np.True_, "right_wrist_0_rgb": np.False_},
     }
-    if "actions" in data:
-        out["actions"] = np.asarray(data["actions"], np.float32)
-    if "prompt" in data:
-        out["prompt"] = data["prompt"]
-    return out
+    return _pass_actions_and_prompt(data, out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +65,8 @@ class LiberoInputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class LiberoOutputs:
-    def __call__(self, data: dict) -> dict:
-        return {"actions": np.asarray(data["actions"][..., :7])}
+class LiberoOutputs(_SliceActions):
+    dim: int = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +75,8 @@ class MetaWorldInputs(LiberoInputs):
 
 
 @dataclasses.dataclass(frozen=True)
-class MetaWorldOutputs:
-    def __call__(self, data: dict) -> dict:
-        return {"actions": np.asarray(data["actions"][..., :4])}
+class MetaWorldOutputs(_SliceActions):
+    dim: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +96,9 @@ class AlohaInputs:
             else:
                 out_images[dst], masks[dst] = np.zeros_like(base), np.False_
         out = {"state": np.asarray(data["state"], np.float32), "image": out_images, "image_mask": masks}
-        if "actions" in data:
-            out["actions"] = np.asarray(data["actions"], np.float32)
-        if "prompt" in data:
-            out["prompt"] = data["prompt"]
-        return out
+        return _pass_actions_and_prompt(data, out)
 
 
 @dataclasses.dataclass(frozen=True)
-class AlohaOutputs:
-    def __call__(self, data: dict) -> dict:
-        return {"actions": np.asarray(data["actions"][..., :14])}
+class AlohaOutputs(_SliceActions):
+    dim: int = 14

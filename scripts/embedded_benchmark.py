@@ -38,37 +38,6 @@ class Args:
     progress: bool = True
 
 
-def _configure(name: str, args: Args, data_path: str):
-    from pi0_eqm.training.config import get_config
-
-    cfg = get_config(name)
-    data = dataclasses.replace(cfg.data, path=data_path)
-    updates = {"data": data, "exp_name": args.exp_name, "seed": args.seed,
-               "checkpoint_base_dir": args.checkpoint_base_dir, "assets_base_dir": args.assets_base_dir}
-    if args.train_steps is not None:
-        sched = dataclasses.replace(cfg.lr_schedule, decay_steps=args.train_steps,
-                                    warmup_steps=min(cfg.lr_schedule.warmup_steps, max(1, args.train_steps // 10)))
-        updates |= {"num_train_steps": args.train_steps, "lr_schedule": sched,
-                    "save_interval": min(cfg.save_interval, args.train_steps)}
-    if args.batch_size is not None:
-        updates["batch_size"] = args.batch_size
-    return dataclasses.replace(cfg, **updates)
-
-
-def _train_or_reuse(cfg, retrain: bool, progress: bool) -> None:
-    from pi0_eqm.training import loop
-
-    run = cfg.checkpoint_dir
-    steps = sorted(int(p.name) for p in run.iterdir() if p.name.isdigit()) if run.is_dir() else []
-    if steps and steps[-1] >= cfg.num_train_steps and not retrain:
-        print(f"[{cfg.name}] reusing finished run {run} (step {steps[-1]})")
-        return
-    resume = bool(steps) and not retrain
-    cfg = dataclasses.replace(cfg, resume=resume, overwrite=not resume)
-    print(f"[{cfg.name}] {'resuming' if resume else 'training'} → {run}")
-    loop.train(cfg, progress=progress)
-
-
 def main(args: Args) -> dict:
     from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.envs.demos import generate_dataset
@@ -92,10 +61,12 @@ def main(args: Args) -> dict:
 
     rows, results = {}, {}
     for dec in args.decoders:
-        cfg = _configure(names[dec], args, data_path)
+        cfg = bench.configure_run(names[dec], data_path, exp_name=args.exp_name, seed=args.seed,
+                                  train_steps=args.train_steps, batch_size=args.batch_size,
+                                  checkpoint_base_dir=args.checkpoint_base_dir, assets_base_dir=args.assets_base_dir)
         t = time.time()
         compute_for_config(cfg)
-        _train_or_reuse(cfg, args.retrain, args.progress)
+        bench.train_or_reuse(cfg, args.retrain, args.progress)
         timings[f"train_{dec}_s"] = time.time() - t
         t = time.time()
         settings = PolicySettings(executed=args.replan_every)

@@ -3,6 +3,7 @@ and plot. Used by ``scripts/eval.py``, ``scripts/embedded_benchmark.py`` and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,43 @@ import numpy as np
 from pi0_eqm.policies.policy import Policy
 from pi0_eqm.policies.policy import PolicySettings
 from pi0_eqm.training.config import TrainConfig
+
+
+def configure_run(name: str, data_path: str, *, exp_name: str, seed: int, train_steps: int | None = None,
+                  batch_size: int | None = None, checkpoint_base_dir: str = "./checkpoints",
+                  assets_base_dir: str = "./assets", keep_every: int | None = None) -> TrainConfig:
+    """Registered config ``name`` pointed at the generated demos; ``train_steps`` rescales the LR schedule;
+    ``keep_every`` saves and keeps a checkpoint every that many steps (for success-vs-steps curves)."""
+    from pi0_eqm.training.config import get_config
+
+    cfg = get_config(name)
+    updates = {"data": dataclasses.replace(cfg.data, path=data_path), "exp_name": exp_name, "seed": seed,
+               "checkpoint_base_dir": checkpoint_base_dir, "assets_base_dir": assets_base_dir}
+    if train_steps is not None:
+        sched = dataclasses.replace(cfg.lr_schedule, decay_steps=train_steps,
+                                    warmup_steps=min(cfg.lr_schedule.warmup_steps, max(1, train_steps // 10)))
+        updates |= {"num_train_steps": train_steps, "lr_schedule": sched,
+                    "save_interval": min(cfg.save_interval, train_steps)}
+    if batch_size is not None:
+        updates["batch_size"] = batch_size
+    if keep_every is not None:
+        updates |= {"save_interval": keep_every, "keep_period": keep_every}
+    return dataclasses.replace(cfg, **updates)
+
+
+def train_or_reuse(cfg: TrainConfig, retrain: bool, progress: bool) -> None:
+    """Trains ``cfg``, resumes an interrupted run, or reuses a finished one (unless ``retrain``)."""
+    from pi0_eqm.training import loop
+
+    run = cfg.checkpoint_dir
+    steps = sorted(int(p.name) for p in run.iterdir() if p.name.isdigit()) if run.is_dir() else []
+    if steps and steps[-1] >= cfg.num_train_steps and not retrain:
+        print(f"[{cfg.name}] reusing finished run {run} (step {steps[-1]})")
+        return
+    resume = bool(steps) and not retrain
+    cfg = dataclasses.replace(cfg, resume=resume, overwrite=not resume)
+    print(f"[{cfg.name}] {'resuming' if resume else 'training'} → {run}")
+    loop.train(cfg, progress=progress)
 
 
 def latest_step_dir(run_dir: str | os.PathLike) -> Path:

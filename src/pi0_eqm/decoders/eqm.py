@@ -45,9 +45,13 @@ class EqmDecoder:
         self.eqm = config.decoder
         self.model = Pi0(config)
 
-    def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array:
+    def training_example(self, actions: jax.Array, rng: jax.Array):
+        """``(x_γ, t ≡ 0, target)``: the field has no time input, so the time path is fed zeros."""
         x, target = eqm_training_pair(actions, rng, self.eqm)
-        zero_t = jnp.zeros((actions.shape[0],), jnp.float32)
+        return x, jnp.zeros((actions.shape[0],), jnp.float32), target
+
+    def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array:
+        x, zero_t, target = self.training_example(actions, rng)
         f = self.model.apply({"params": params}, obs, x, zero_t, method=Pi0.full_field)
         return jnp.mean(jnp.square(f - target), axis=-1)
 

@@ -26,13 +26,16 @@ class FlowDecoder:
         f = self.flow
         return jax.random.beta(rng, f.beta_a, f.beta_b, (batch_size,)) * (1 - f.time_min) + f.time_min
 
-    def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array:
+    def training_example(self, actions: jax.Array, rng: jax.Array):
+        """``(x_t, t, u_t)``: noisy chunk, its time and the velocity target ε − A."""
         noise_rng, time_rng = jax.random.split(rng)
         noise = jax.random.normal(noise_rng, actions.shape)
         t = self.sample_time(time_rng, actions.shape[0])
         te = t[:, None, None]
-        x_t = te * noise + (1 - te) * actions
-        u_t = noise - actions
+        return te * noise + (1 - te) * actions, t, noise - actions
+
+    def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array:
+        x_t, t, u_t = self.training_example(actions, rng)
         v_t = self.model.apply({"params": params}, obs, x_t, t, method=Pi0.full_field)
         return jnp.mean(jnp.square(v_t - u_t), axis=-1)
 

@@ -107,6 +107,10 @@ class Embedder(nn.Module):
         x = self.input_embedding[(tokens,)]
         return (x * jnp.sqrt(self.width).astype(x.dtype)).astype(dtype)
 
+    def decode(self, x: jax.Array) -> jax.Array:
+        """Next-token logits (float32) with the tied input embedding, as big_vision / openpi's ``Embedder.decode``."""
+        return jnp.dot(x.astype(jnp.float32), self.input_embedding.astype(jnp.float32).T)
+
 
 def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:
     """RoPE on ``x [B, T, N, H]`` with ``positions [B, T]``, computed in float32 (openpi's ``_apply_rope``)."""
@@ -239,6 +243,9 @@ class Module(nn.Module):
 
     def embed(self, tokens: jax.Array) -> jax.Array:
         return self.embedder.encode(tokens, self.dtype)
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        return self.embedder.decode(x)
 
     def __call__(
         self,

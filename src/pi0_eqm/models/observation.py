@@ -23,6 +23,9 @@ class Observation:
     state: jax.Array
     tokenized_prompt: jax.Array
     tokenized_prompt_mask: jax.Array
+    # Knowledge-insulation training only (``pi0_eqm.models.ki``): <begin> FAST tokens <end>, padded; None otherwise.
+    fast_tokens: jax.Array | None = None
+    fast_mask: jax.Array | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Observation:
@@ -33,6 +36,8 @@ class Observation:
         missing = [k for k in ("image", "state", "tokenized_prompt", "tokenized_prompt_mask") if k not in data]
         if missing:
             raise KeyError(f"observation is missing keys {missing}; got {sorted(data)}")
+        if ("fast_tokens" in data) != ("fast_mask" in data):
+            raise KeyError("fast_tokens and fast_mask must come together")
         images = {}
         for key, img in data["image"].items():
             if img.dtype == np.uint8 or img.dtype == jnp.uint8:
@@ -47,6 +52,8 @@ class Observation:
             state=data["state"],
             tokenized_prompt=data["tokenized_prompt"],
             tokenized_prompt_mask=data["tokenized_prompt_mask"],
+            fast_tokens=data.get("fast_tokens"),
+            fast_mask=data.get("fast_mask"),
         )
 
     def to_dict(self) -> dict:
@@ -56,7 +63,7 @@ class Observation:
             "state": self.state,
             "tokenized_prompt": self.tokenized_prompt,
             "tokenized_prompt_mask": self.tokenized_prompt_mask,
-        }
+        } | ({} if self.fast_tokens is None else {"fast_tokens": self.fast_tokens, "fast_mask": self.fast_mask})
 
 
 def make_attn_mask(input_mask: jax.Array, mask_ar: jax.Array) -> jax.Array:

@@ -27,6 +27,8 @@ from pi0_eqm.decoders.config import EqmConfig
 from pi0_eqm.decoders.config import FlowConfig
 from pi0_eqm.models import gemma as _gemma
 from pi0_eqm.models import siglip as _siglip
+from pi0_eqm.models.ki import FastTokenLayout
+from pi0_eqm.models.ki import KIConfig
 from pi0_eqm.models.observation import Observation
 from pi0_eqm.models.observation import make_attn_mask
 from pi0_eqm.models.observation import posemb_sincos
@@ -50,6 +52,7 @@ class Pi0Config:
     real_action_dim: int | None = None  # robot action dims (the rest is zero padding); None = all dims are real
     decoder: DecoderConfig = dataclasses.field(default_factory=EqmConfig)
     remat: bool = True
+    ki: KIConfig | None = None  # knowledge insulation: FAST next-token loss on the backbone, stop-grad K/V for the expert
 
     def __post_init__(self):
         llm = _gemma.get_config(self.paligemma_variant)
@@ -69,6 +72,17 @@ class Pi0Config:
             raise ValueError(f"real_action_dim must be in [1, {self.action_dim}], got {self.real_action_dim}")
         if not isinstance(self.decoder, (FlowConfig, EqmConfig)):
             raise TypeError(f"decoder must be FlowConfig or EqmConfig, got {type(self.decoder).__name__}")
+        if self.ki is not None:
+            FastTokenLayout.of(self.vocab_size, self.ki)
+
+    @property
+    def fast_layout(self) -> FastTokenLayout | None:
+        return None if self.ki is None else FastTokenLayout.of(self.vocab_size, self.ki)
+
+    @property
+    def text_vocab_size(self) -> int:
+        """Ids a prompt tokenizer may use (the whole vocab unless KI reserves the tail for FAST tokens)."""
+        return self.vocab_size if self.ki is None else self.fast_layout.text_vocab_size
 
     @property
     def llm_config(self) -> _gemma.GemmaConfig:
@@ -205,6 +219,29 @@ class Pi0(nn.Module):
         positions = jnp.cumsum(input_mask, axis=1) - 1
         (_, suffix_out), _ = self.PaliGemma.llm([prefix_tokens, suffix_tokens], positions=positions, mask=attn_mask)
         return self.action_out_proj(suffix_out[:, -x.shape[1]:].astype(jnp.float32))
+
+    def ki_forward(self, obs: Observation, fast_in: jax.Array, fast_in_mask: jax.Array, x: jax.Array,
+                   time: jax.Array, *, stop_gradient: bool = True) -> tuple[jax.Array, jax.Array]:
+        """Knowledge-insulation training forward → (expert output ``[B, H, D]``, FAST logits ``[B, F, V]``).
+
+        The backbone runs images + prompt + FAST tokens (``fast_in``, causal among themselves; logits at FAST
+        position i predict token i + 1). The expert then attends to the backbone's K/V through ``stop_gradient``
+        (when set) with the FAST positions masked out and the same positions as at inference, so its output equals
+        ``prefill`` + ``expert_field`` on ``obs`` and no expert gradient reaches the backbone.
+        """
+        prefix_tokens, prefix_mask, prefix_ar = self.embed_prefix(obs)
+        fast_in_mask = fast_in_mask.astype(bool)
+        tokens = jnp.concatenate([prefix_tokens, self.PaliGemma.llm.embed(fast_in)], axis=1)
+        input_mask = jnp.concatenate([prefix_mask, fast_in_mask], axis=1)
+        ar_mask = jnp.concatenate([prefix_ar, jnp.ones((fast_in.shape[1],), bool)])
+        positions = jnp.cumsum(input_mask, axis=1) - 1
+        (prefix_out, _), kv_cache = self.PaliGemma.llm([tokens, None], positions=positions,
+                                                       mask=make_attn_mask(input_mask, ar_mask))
+        logits = self.PaliGemma.llm.logits(prefix_out[:, prefix_tokens.shape[1]:])
+        if stop_gradient:
+            kv_cache = jax.lax.stop_gradient(kv_cache)
+        expert_prefix_mask = jnp.concatenate([prefix_mask, jnp.zeros_like(fast_in_mask)], axis=1)
+        return self.expert_field(kv_cache, expert_prefix_mask, obs.state, x, time), logits
 
     def init_all(self, obs: Observation, actions: jax.Array) -> jax.Array:
         # Touch the embedder's full table and both final norms through a normal forward.

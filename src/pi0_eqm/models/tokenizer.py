@@ -83,6 +83,7 @@ class PaligemmaTokenizer:
     model_path: str | None = None
 
     vocab_size_needed = 257_152
+    text_vocab_size = 256_000  # Gemma's text tokens; loc/seg tokens follow
 
     def _processor(self):
 

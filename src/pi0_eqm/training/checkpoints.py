@@ -107,9 +107,12 @@ class CheckpointMismatchError(ValueError):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _write_assets(directory: Path, norm_stats: Mapping[str, Mapping[str, NormStats]]) -> None:
+def _write_assets(directory: Path, norm_stats: Mapping[str, Mapping[str, NormStats]],
+                  asset_dirs: Mapping[str, Path] | None = None) -> None:
     for asset_id, stats in norm_stats.items():
         save_norm_stats(directory / asset_id, stats)
+    for rel, src in (asset_dirs or {}).items():  # e.g. <asset_id>/fast_tokenizer
+        shutil.copytree(src, directory / rel, dirs_exist_ok=True)
 
 
 def _read_assets(directory: Path) -> dict[str, dict[str, NormStats]]:
@@ -124,17 +127,17 @@ class NormStatsCheckpointHandler(ocp.AsyncCheckpointHandler):
     """Writes ``{asset_id: {key: NormStats}}`` as ``<item>/<asset_id>/norm_stats.json`` (openpi's assets layout)."""
 
     async def async_save(self, directory: epath.Path, args: NormStatsSave):  # type: ignore[override]
-        norm_stats = args.norm_stats
+        norm_stats, asset_dirs = args.norm_stats, args.asset_dirs
 
         async def write():
             if jax.process_index() == 0:
-                await asyncio.to_thread(_write_assets, Path(str(directory)), norm_stats)
+                await asyncio.to_thread(_write_assets, Path(str(directory)), norm_stats, asset_dirs)
 
         return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="norm_stats_save")]
 
     def save(self, directory: epath.Path, args: NormStatsSave):  # type: ignore[override]
         if jax.process_index() == 0:
-            _write_assets(Path(str(directory)), args.norm_stats)
+            _write_assets(Path(str(directory)), args.norm_stats, args.asset_dirs)
 
     def restore(self, directory: epath.Path, args: NormStatsRestore | None = None):  # type: ignore[override]
         return _read_assets(Path(str(directory)))
@@ -147,6 +150,7 @@ class NormStatsCheckpointHandler(ocp.AsyncCheckpointHandler):
 @dataclasses.dataclass
 class NormStatsSave(ocp.args.CheckpointArgs):
     norm_stats: Mapping[str, Mapping[str, NormStats]]
+    asset_dirs: Mapping[str, Path] | None = None  # extra asset directories to copy in, keyed by relative path
 
 
 @ocp.args.register_with_handler(NormStatsCheckpointHandler, for_restore=True)
@@ -385,6 +389,7 @@ def save_state(
     norm_stats: Mapping[str, Mapping[str, NormStats]] | None = None,
     data_state: Mapping | None = None,
     wait: bool = False,
+    asset_dirs: Mapping[str, Path] | None = None,
 ) -> int:
     """Save ``state`` as step ``state.step`` (asynchronously unless ``wait``); returns the step.
 
@@ -411,7 +416,7 @@ def save_state(
         TRAIN_STATE_ITEM: ocp.args.PyTreeSave(train_state_item),
     }
     if norm_stats:
-        args[ASSETS_ITEM] = NormStatsSave(norm_stats)
+        args[ASSETS_ITEM] = NormStatsSave(norm_stats, asset_dirs)
     if data_state is not None:
         args[DATA_STATE_ITEM] = ocp.args.JsonSave(data_state)
     try:

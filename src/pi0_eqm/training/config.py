@@ -2,7 +2,9 @@
 
     uv run scripts/train.py pi0_eqm_libero --exp-name=run1 [--resume | --overwrite] [--batch-size=...]
 
-``pi0_libero`` (flow baseline) and ``pi0_eqm_libero`` differ only in the decoder. ``debug*`` configs train a tiny
+``pi0_libero`` (flow baseline) and ``pi0_eqm_libero`` differ only in the decoder; the ``*_ki_*`` variants add
+knowledge insulation (``pi0_eqm.models.ki``), and any config can get it from the CLI with ``--model.ki.loss-weight``
+etc. once the model has a ``ki`` block. ``debug*`` configs train a tiny
 model on generated data in seconds on a CPU.
 """
 
@@ -18,6 +20,7 @@ from pi0_eqm.decoders.config import FlowConfig
 from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.envs.tasks import dataset_name
 from pi0_eqm.models.configs import model_config
+from pi0_eqm.models.ki import KIConfig
 from pi0_eqm.models.pi0 import Pi0Config
 from pi0_eqm.training import weights as _weights
 from pi0_eqm.training.data_config import DataConfigFactory
@@ -86,11 +89,21 @@ _METAWORLD_DATA = EpisodicDataConfig(
 )
 
 
-def _metaworld(name: str, decoder) -> TrainConfig:
+# Knowledge insulation (FAST next-token loss on the backbone, stop-gradient K/V for the expert). LIBERO: 50 × 7
+# normalised actions → ~100–150 FAST tokens (openpi's pi0_fast_libero uses 180 prompt + action tokens for H = 10).
+_KI_LIBERO = KIConfig(max_fast_tokens=192)
+# Embedded benchmark: the words tokenizer keeps its 512 text ids; FAST gets 512 ids and 16 skipped ones above them.
+_KI_METAWORLD = KIConfig(max_fast_tokens=64, fast_vocab_size=512, skip_tokens=16)
+_KI_METAWORLD_VOCAB = 512 + 512 + 16
+_KI_DEBUG = KIConfig(max_fast_tokens=24, fast_vocab_size=128, skip_tokens=2)
+
+
+def _metaworld(name: str, decoder, ki: KIConfig | None = None) -> TrainConfig:
     """The embedded benchmark: flow and EqM trained identically (same data, steps, seed) on Meta-World demos."""
+    ki_model = {} if ki is None else dict(ki=ki, vocab_size=_KI_METAWORLD_VOCAB)
     return TrainConfig(
         name=name,
-        model=model_config("pi0_metaworld", decoder),
+        model=model_config("pi0_metaworld", decoder, **ki_model),
         data=_METAWORLD_DATA,
         lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=1500, decay_lr=1e-4),
         optimizer=AdamW(weight_decay=1e-10),
@@ -126,13 +139,31 @@ _CONFIGS: list[TrainConfig] = [
         data=_LIBERO_DATA,
         weight_loader=_PI0_BASE,
     ),
+    # LIBERO with knowledge insulation (π₀.5-KI recipe) for either decoder
+    TrainConfig(
+        name="pi0_ki_libero",
+        model=model_config("pi0", FlowConfig(), real_action_dim=7, ki=_KI_LIBERO),
+        data=_LIBERO_DATA,
+        weight_loader=_PI0_BASE,
+    ),
+    TrainConfig(
+        name="pi0_eqm_ki_libero",
+        model=model_config("pi0", EqmConfig(), real_action_dim=7, ki=_KI_LIBERO),
+        data=_LIBERO_DATA,
+        weight_loader=_PI0_BASE,
+    ),
     # ------------------------------------------------------------------------- embedded benchmark (Meta-World)
     _metaworld("pi0_metaworld", FlowConfig()),
     _metaworld("pi0_eqm_metaworld", EqmConfig()),
+    _metaworld("pi0_ki_metaworld", FlowConfig(), _KI_METAWORLD),
+    _metaworld("pi0_eqm_ki_metaworld", EqmConfig(), _KI_METAWORLD),
     # --------------------------------------------------------------------------------------- CPU debugging
     _debug("debug", model_config("pi0_tiny", FlowConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3),
     _debug("debug_eqm", model_config("pi0_tiny", EqmConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3,
            ema_decay=0.9),
+    _debug("debug_ki", model_config("pi0_tiny", FlowConfig(), ki=_KI_DEBUG, **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3),
+    _debug("debug_eqm_ki", model_config("pi0_tiny", EqmConfig(), ki=_KI_DEBUG, **_DEBUG_MODEL), ToyDataConfig(),
+           lr=3e-3, ema_decay=0.9),
     # tiny π₀-EqM with the full LIBERO transform stack (LeRobot data under --data.path)
     _debug("debug_libero", model_config("pi0_tiny", EqmConfig(), real_action_dim=7, tokenizer="words", max_token_len=12),
            dataclasses.replace(_LIBERO_DATA, path="lerobot/debug_libero"), lr=1e-3, batch_size=4),

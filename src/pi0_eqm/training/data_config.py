@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 from typing import Literal
 
+import numpy as np
+
 from pi0_eqm.data import transforms as _t
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.data.normalize import load_norm_stats
+from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
+from pi0_eqm.models.ki import TokenizeFastActions
 from pi0_eqm.models.pi0 import Pi0Config
 from pi0_eqm.models.tokenizer import ByteTokenizer
 from pi0_eqm.models.tokenizer import PaligemmaTokenizer
@@ -38,6 +42,7 @@ class DataConfig:
     model_transforms: _t.Group
     use_quantile_norm: bool = False
     source: Any = None  # the factory, to open the dataset
+    fast_tokenizer: Any = None  # pi0_eqm.models.fast.FastTokenizer when the model trains with knowledge insulation
 
     def train_transform(self):
         """repack → robot inputs → Normalize → model inputs (one sample dict → model-ready dict)."""
@@ -51,18 +56,50 @@ class DataConfig:
         return _t.compose([*self.repack.inputs, *self.data_transforms.inputs])
 
 
-def model_transforms(model: Pi0Config, default_prompt: str | None = None) -> _t.Group:
+def model_transforms(model: Pi0Config, default_prompt: str | None = None, fast_tokenizer=None) -> _t.Group:
+    """Model-input transforms; with knowledge insulation and a fitted FAST tokenizer, training samples also get
+    ``fast_tokens`` / ``fast_mask`` (samples without actions, i.e. inference requests, pass through)."""
     tokenizer = make_tokenizer(model)
     h, w = model.image_resolution
+    fast = ()
+    if model.ki is not None and fast_tokenizer is not None:
+        fast = (TokenizeFastActions(fast_tokenizer, model.fast_layout, model.ki.max_fast_tokens),)
     return _t.Group(
         inputs=(
             _t.InjectDefaultPrompt(default_prompt),
             SelectImages(model.image_keys),
             _t.ResizeImages(h, w),
             _t.TokenizePrompt(tokenizer),
+            *fast,
             _t.PadStatesAndActions(model.action_dim),
         )
     )
+
+
+def check_fast_tokenizer(model: Pi0Config, tok, where: str) -> None:
+    """The FAST tokenizer at ``where`` must match the model's horizon, real action dims and FAST vocabulary."""
+    real_dim = model.real_action_dim or model.action_dim
+    problems = []
+    if tok.action_horizon != model.action_horizon:
+        problems.append(f"action_horizon {tok.action_horizon} != model's {model.action_horizon}")
+    if tok.action_dim != real_dim:
+        problems.append(f"action_dim {tok.action_dim} != model's real action dims {real_dim}")
+    if tok.vocab_size > model.ki.fast_vocab_size:
+        problems.append(f"vocab {tok.vocab_size} > ki.fast_vocab_size {model.ki.fast_vocab_size}")
+    if problems:
+        raise ValueError(f"FAST tokenizer at {where} does not fit the model ({'; '.join(problems)}); refit it with "
+                         "`uv run scripts/compute_norm_stats.py <config>`")
+
+
+def load_fast_tokenizer(model: Pi0Config, asset_dir: Path):
+    """``<asset_dir>/fast_tokenizer`` if the model uses knowledge insulation and it exists, else ``None``."""
+    if model.ki is None or not (asset_dir / FAST_TOKENIZER_DIR).exists():
+        return None
+    from pi0_eqm.models.fast import FastTokenizer
+
+    tok = FastTokenizer.load(asset_dir / FAST_TOKENIZER_DIR)
+    check_fast_tokenizer(model, tok, str(asset_dir / FAST_TOKENIZER_DIR))
+    return tok
 
 
 def make_tokenizer(model: Pi0Config):
@@ -72,7 +109,7 @@ def make_tokenizer(model: Pi0Config):
     tokenizers = {
         "paligemma": lambda: PaligemmaTokenizer(model.max_token_len),
         "bytes": lambda: ByteTokenizer(model.max_token_len),
-        "words": lambda: WordHashTokenizer(model.max_token_len, model.vocab_size),
+        "words": lambda: WordHashTokenizer(model.max_token_len, model.text_vocab_size),
     }
     if kind not in tokenizers:
         raise ValueError(f"unknown tokenizer {model.tokenizer!r}; expected auto, paligemma, bytes or words")
@@ -80,6 +117,12 @@ def make_tokenizer(model: Pi0Config):
     if model.vocab_size < tok.vocab_size_needed:
         raise ValueError(f"vocab_size {model.vocab_size} is too small for the {kind} tokenizer "
                          f"(needs >= {tok.vocab_size_needed})")
+    # Prompt ids must stay clear of the FAST tail when knowledge insulation reserves it (PaliGemma: Gemma's 256k
+    # text tokens sit below the 1024 loc tokens that FAST reuses, exactly as in openpi's pi0-FAST).
+    text_needed = PaligemmaTokenizer.text_vocab_size if kind == "paligemma" else tok.vocab_size_needed
+    if model.text_vocab_size < text_needed:
+        raise ValueError(f"with knowledge insulation only {model.text_vocab_size} ids are left for text, but the "
+                         f"{kind} tokenizer needs {text_needed}; raise vocab_size or lower ki.fast_vocab_size")
     return tok
 
 
@@ -156,14 +199,16 @@ class EpisodicDataConfig:
             mask = _t.make_bool_mask(6, -1)
             data = data.push(inputs=(_t.DeltaActions(mask),), outputs=(_t.AbsoluteActions(mask),))
         repack = _t.Group(inputs=(_t.RepackTransform(_SAMPLE_REPACK),)) if self.robot != "aloha" else _t.Group()
+        fast = load_fast_tokenizer(model, assets_dir / self.asset_id)
         return DataConfig(
             asset_id=self.asset_id,
             norm_stats=_load_stats(assets_dir, self.asset_id),
             repack=repack,
             data_transforms=data,
-            model_transforms=model_transforms(model, self.default_prompt),
+            model_transforms=model_transforms(model, self.default_prompt, fast),
             use_quantile_norm=self.use_quantile_norm,
             source=self,
+            fast_tokenizer=fast,
         )
 
 
@@ -175,8 +220,18 @@ class ToyDataConfig:
     asset_id: str | None = None
 
     def create(self, model: Pi0Config, assets_dir: Path) -> DataConfig:
+        fast, transforms = None, _t.Group()
+        if model.ki is not None:  # no assets: fit FAST on 1024 generated chunks (deterministic, well under a second)
+            from pi0_eqm.models.fast import FastTokenizer
+            from pi0_eqm.toy import ToySource
+
+            source = ToySource(model, 1024, seed=0)
+            real = model.real_action_dim or model.action_dim
+            chunks = np.stack([source[i]["actions"][:, :real] for i in range(len(source))])
+            fast = FastTokenizer.fit(chunks, scale=model.ki.fast_scale, vocab_size=model.ki.fast_vocab_size)
+            transforms = _t.Group(inputs=(TokenizeFastActions(fast, model.fast_layout, model.ki.max_fast_tokens),))
         return DataConfig(asset_id=None, norm_stats=None, repack=_t.Group(), data_transforms=_t.Group(),
-                          model_transforms=_t.Group(), source=self)
+                          model_transforms=transforms, source=self, fast_tokenizer=fast)
 
     def open_source(self):
         raise TypeError("the toy data config has no episodic source")

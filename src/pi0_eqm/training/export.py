@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi0_eqm.data.normalize import save_norm_stats
+from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
 from pi0_eqm.training.checkpoints import check_checkpoint_step
 from pi0_eqm.training.checkpoints import restore_norm_stats
 from pi0_eqm.training.checkpoints import restore_params
@@ -42,6 +43,9 @@ def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf
         save_params(tmp / "params", params)
         for asset_id, stats in norm_stats.items():
             save_norm_stats(tmp / "assets" / asset_id, stats)
+        assets = step_dir / "assets"
+        for fast_dir in sorted(assets.rglob(FAST_TOKENIZER_DIR)) if assets.is_dir() else ():
+            shutil.copytree(fast_dir, tmp / "assets" / fast_dir.relative_to(assets))
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,8 +17,10 @@ import time
 import jax
 import numpy as np
 
+from pi0_eqm.data import transforms as _t
 from pi0_eqm.data.loader import DataLoader
 from pi0_eqm.decoders import make_decoder
+from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
 from pi0_eqm.models.observation import Observation
 from pi0_eqm.training import checkpoints as _ckpt
 from pi0_eqm.training import distributed as _dist
@@ -42,7 +44,8 @@ def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count:
     if isinstance(config.data, ToyDataConfig):
         from pi0_eqm.toy import ToySource
 
-        source, transform = ToySource(config.model, config.data.num_samples, seed=config.seed), None
+        source = ToySource(config.model, config.data.num_samples, seed=config.seed)
+        transform = _t.compose(list(data_cfg.model_transforms.inputs)) if data_cfg.model_transforms.inputs else None
     else:
         from pi0_eqm.data.chunking import ChunkedDataset
 
@@ -51,6 +54,12 @@ def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count:
             raise FileNotFoundError(
                 f"no norm stats for asset {data_cfg.asset_id!r} under {config.assets_dir}; run "
                 f"`uv run scripts/compute_norm_stats.py {config.name}` first"
+            )
+        if config.model.ki is not None and data_cfg.fast_tokenizer is None:
+            raise FileNotFoundError(
+                f"config {config.name!r} trains with knowledge insulation but has no FAST tokenizer under "
+                f"{config.assets_dir / data_cfg.asset_id / FAST_TOKENIZER_DIR}; run "
+                f"`uv run scripts/compute_norm_stats.py {config.name}` first (it fits one after the norm stats)"
             )
         model_transform = data_cfg.train_transform()
 
@@ -62,7 +71,8 @@ def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count:
 
 def split_batch(batch: dict):
     obs = Observation.from_dict({k: batch[k] for k in
-                                 ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
+                                 ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask",
+                                  "fast_tokens", "fast_mask")
                                  if k in batch})
     return obs, np.asarray(batch["actions"], np.float32), np.asarray(batch["action_is_pad"], bool)
 
@@ -146,11 +156,15 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.checkpoint_dir / "metrics.jsonl"
     norm_stats = {data_cfg.asset_id: data_cfg.norm_stats} if data_cfg.norm_stats else None
+    # The fitted FAST tokenizer travels with every checkpoint step (assets/<asset_id>/fast_tokenizer/).
+    fast_dir = config.assets_dir / str(data_cfg.asset_id) / FAST_TOKENIZER_DIR
+    asset_dirs = {f"{data_cfg.asset_id}/{FAST_TOKENIZER_DIR}": fast_dir} if data_cfg.asset_id and fast_dir.is_dir() \
+        else None
     wandb_run = _maybe_wandb(config, resuming)
 
     def save(s, wait=False):
         _ckpt.save_state(manager, s, ema=config.ema_decay is not None, norm_stats=norm_stats,
-                         data_state=data_iter.get_state(), wait=wait)
+                         data_state=data_iter.get_state(), wait=wait, asset_dirs=asset_dirs)
 
     history, t_last, n_since = [], time.perf_counter(), 0
     step = start

@@ -14,8 +14,10 @@ from pi0_eqm.training.data_config import EpisodicDataConfig
 logger = logging.getLogger("pi0_eqm")
 
 
-def compute_for_config(config: TrainConfig, *, max_frames: int | None = None, seed: int | None = 0) -> Path:
-    """Writes ``<assets_dir>/<asset_id>/norm_stats.json`` (atomically) and returns its directory."""
+def compute_for_config(config: TrainConfig, *, max_frames: int | None = None, seed: int | None = 0,
+                       max_fast_chunks: int = 50_000) -> Path:
+    """Writes ``<assets_dir>/<asset_id>/norm_stats.json`` (atomically) and returns its directory. With knowledge
+    insulation it then fits the FAST tokenizer on the normalised chunks (``<asset_id>/fast_tokenizer/``)."""
     if not isinstance(config.data, EpisodicDataConfig):
         raise ValueError(f"config {config.name!r} uses {type(config.data).__name__}, which needs no norm stats")
     data_cfg = config.data.create(config.model, config.assets_dir)
@@ -31,7 +33,39 @@ def compute_for_config(config: TrainConfig, *, max_frames: int | None = None, se
     out_dir = config.assets_dir / config.data.asset_id
     save_norm_stats(out_dir, stats)
     logger.info("wrote %s", out_dir / "norm_stats.json")
+    if config.model.ki is not None:
+        fit_fast_tokenizer(config, stats, (s for s in samples() if not s["action_is_pad"].any()), out_dir,
+                           max_chunks=max_fast_chunks)
     return out_dir
+
+
+def fit_fast_tokenizer(config: TrainConfig, stats, samples, out_dir: Path, *, max_chunks: int = 50_000) -> Path:
+    """Fits the FAST tokenizer (DCT + BPE) on normalised action chunks; writes ``<out_dir>/fast_tokenizer/``."""
+    import numpy as np
+
+    from pi0_eqm.data.normalize import normalize_dict
+    from pi0_eqm.models.fast import FastTokenizer
+    from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
+
+    ki, real = config.model.ki, config.model.real_action_dim or config.model.action_dim
+    chunks = []
+    for s in samples:
+        chunk = normalize_dict({"actions": s["actions"]}, {"actions": stats["actions"]},
+                               use_quantiles=config.data.use_quantile_norm)["actions"]
+        chunks.append(np.asarray(chunk, np.float32)[:, :real])
+        if len(chunks) >= max_chunks:
+            break
+    if not chunks:
+        raise ValueError(f"no full action chunks of horizon {config.model.action_horizon} in the dataset; cannot fit "
+                         "the FAST tokenizer")
+    tok = FastTokenizer.fit(np.stack(chunks), scale=ki.fast_scale, vocab_size=ki.fast_vocab_size)
+    path = tok.save(out_dir / FAST_TOKENIZER_DIR)
+    lengths = [len(t) + 2 for t in tok.encode_batch(np.stack(chunks[:2000]))]
+    over = sum(n > ki.max_fast_tokens for n in lengths)
+    logger.info("wrote %s (vocab %d, %d chunks; FAST length with markers: mean %.1f, max %d; %d/%d over "
+                "ki.max_fast_tokens=%d)", path, tok.vocab_size, len(chunks), float(np.mean(lengths)), max(lengths),
+                over, len(lengths), ki.max_fast_tokens)
+    return path
 
 
 def _low_dim_transform(transform, sample: dict) -> dict:

@@ -1,4 +1,4 @@
-"""The pure, jittable train step: decoder loss → grads → optax update → EMA.
+"""The pure, jittable train step: decoder loss (+ FAST loss under knowledge insulation) → grads → optax update → EMA.
 
 All mutable training state lives in one ``TrainState`` pytree (checkpointed whole). The per-step RNG is
 ``fold_in(state.rng, state.step)`` so a resumed run draws the same noise as an uninterrupted one.
@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pi0_eqm.decoders.ki import ki_losses
 from pi0_eqm.models.observation import Observation
 
 
@@ -53,21 +54,34 @@ def masked_mean_loss(per_token: jax.Array, action_is_pad: jax.Array | None) -> j
 
 
 def make_train_step(decoder, tx: optax.GradientTransformation, ema_decay: float | None, lr_schedule=None):
-    """Returns ``step(state, obs, actions, action_is_pad) -> (state, metrics)`` (not jitted; callers jit/shard)."""
+    """Returns ``step(state, obs, actions, action_is_pad) -> (state, metrics)`` (not jitted; callers jit/shard).
+
+    With knowledge insulation (``decoder.config.ki``) the loss is ``action_loss + ki.loss_weight · fast_ce`` and the
+    metrics add ``action_loss``, ``fast_ce`` and ``fast_acc`` (next-FAST-token accuracy).
+    """
+    ki = decoder.config.ki
 
     def step_fn(state: TrainState, obs: Observation, actions: jax.Array, action_is_pad: jax.Array | None = None):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
         def loss_fn(params):
-            return masked_mean_loss(decoder.loss(params, obs, actions, rng), action_is_pad)
+            if ki is None:
+                return masked_mean_loss(decoder.loss(params, obs, actions, rng), action_is_pad), {}
+            per_token, ce, correct, ce_mask = ki_losses(decoder, params, obs, actions, rng)
+            action_loss = masked_mean_loss(per_token, action_is_pad)
+            w = ce_mask.astype(jnp.float32)
+            n = jnp.maximum(jnp.sum(w), 1.0)
+            fast_ce = jnp.sum(ce * w) / n
+            aux = {"action_loss": action_loss, "fast_ce": fast_ce, "fast_acc": jnp.sum(correct * w) / n}
+            return action_loss + ki.loss_weight * fast_ce, aux
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
         if ema_decay is not None and ema_params is not None:
             ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": _param_norm(params)}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": _param_norm(params), **aux}
         if lr_schedule is not None:
             metrics["lr"] = lr_schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)

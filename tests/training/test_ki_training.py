@@ -107,3 +107,15 @@ def test_full_size_ki_configs_trace():
         action_loss, ce, correct, mask = out
         assert action_loss.shape == (2, model.action_horizon)
         assert ce.shape == correct.shape == mask.shape == (2, f - 1)
+
+
+def test_ki_flag_turns_on_knowledge_insulation_for_any_config():
+    from pi0_eqm.training.config import cli
+
+    small = cli(["pi0_eqm_metaworld", "--ki", "--model.ki.loss-weight", "0.25", "--model.ki.no-stop-gradient"])
+    assert small.name == "pi0_eqm_metaworld_ki" and small.model.vocab_size == 512 + 512 + 16
+    assert small.model.ki.loss_weight == 0.25 and not small.model.ki.stop_gradient
+    assert small.model.text_vocab_size == 512  # prompts hash exactly as without KI
+    full = cli(["pi0_libero", "--ki"])
+    assert full.model.vocab_size == 257_152 and full.model.text_vocab_size == 256_000
+    assert cli(["pi0_eqm_metaworld"]).model.ki is None

@@ -20,6 +20,7 @@ from pi0_eqm.decoders.config import FlowConfig
 from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.envs.tasks import dataset_name
 from pi0_eqm.models.configs import model_config
+from pi0_eqm.models.gemma import PALIGEMMA_VOCAB_SIZE
 from pi0_eqm.models.ki import KIConfig
 from pi0_eqm.models.pi0 import Pi0Config
 from pi0_eqm.training import weights as _weights
@@ -94,16 +95,14 @@ _METAWORLD_DATA = EpisodicDataConfig(
 _KI_LIBERO = KIConfig(max_fast_tokens=192)
 # Embedded benchmark: the words tokenizer keeps its 512 text ids; FAST gets 512 ids and 16 skipped ones above them.
 _KI_METAWORLD = KIConfig(max_fast_tokens=64, fast_vocab_size=512, skip_tokens=16)
-_KI_METAWORLD_VOCAB = 512 + 512 + 16
 _KI_DEBUG = KIConfig(max_fast_tokens=24, fast_vocab_size=128, skip_tokens=2)
 
 
-def _metaworld(name: str, decoder, ki: KIConfig | None = None) -> TrainConfig:
+def _metaworld(name: str, decoder) -> TrainConfig:
     """The embedded benchmark: flow and EqM trained identically (same data, steps, seed) on Meta-World demos."""
-    ki_model = {} if ki is None else dict(ki=ki, vocab_size=_KI_METAWORLD_VOCAB)
     return TrainConfig(
         name=name,
-        model=model_config("pi0_metaworld", decoder, **ki_model),
+        model=model_config("pi0_metaworld", decoder),
         data=_METAWORLD_DATA,
         lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=1500, decay_lr=1e-4),
         optimizer=AdamW(weight_decay=1e-10),
@@ -123,6 +122,22 @@ def _debug(name: str, model: Pi0Config, data, *, lr: float, batch_size: int = 8,
     return TrainConfig(name=name, model=model, data=data, lr_schedule=ConstantSchedule(lr), batch_size=batch_size,
                        num_train_steps=10, log_interval=1, save_interval=5, keep_period=None, max_to_keep=2,
                        ema_decay=ema_decay)
+
+
+def with_ki(config: TrainConfig, ki: KIConfig | None = None, name: str | None = None) -> TrainConfig:
+    """``config`` trained with knowledge insulation (``name`` defaults to ``<name>_ki``).
+
+    PaliGemma-vocab models map FAST onto the vocab tail (openpi's pi0-FAST layout, ``KIConfig()``); small-vocab CPU
+    models keep their text ids and grow the vocab by the FAST ids + skipped ids (512 + 16 by default).
+    """
+    model = config.model
+    if model.ki is not None:
+        return config
+    paligemma = model.vocab_size >= PALIGEMMA_VOCAB_SIZE
+    ki = ki or (KIConfig() if paligemma else dataclasses.replace(_KI_METAWORLD))
+    vocab = model.vocab_size if paligemma else model.vocab_size + ki.fast_vocab_size + ki.skip_tokens
+    return dataclasses.replace(config, name=name or f"{config.name}_ki",
+                               model=dataclasses.replace(model, ki=ki, vocab_size=vocab))
 
 
 _CONFIGS: list[TrainConfig] = [
@@ -155,8 +170,8 @@ _CONFIGS: list[TrainConfig] = [
     # ------------------------------------------------------------------------- embedded benchmark (Meta-World)
     _metaworld("pi0_metaworld", FlowConfig()),
     _metaworld("pi0_eqm_metaworld", EqmConfig()),
-    _metaworld("pi0_ki_metaworld", FlowConfig(), _KI_METAWORLD),
-    _metaworld("pi0_eqm_ki_metaworld", EqmConfig(), _KI_METAWORLD),
+    with_ki(_metaworld("pi0_metaworld", FlowConfig()), _KI_METAWORLD, name="pi0_ki_metaworld"),
+    with_ki(_metaworld("pi0_eqm_metaworld", EqmConfig()), _KI_METAWORLD, name="pi0_eqm_ki_metaworld"),
     # --------------------------------------------------------------------------------------- CPU debugging
     _debug("debug", model_config("pi0_tiny", FlowConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3),
     _debug("debug_eqm", model_config("pi0_tiny", EqmConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3,
@@ -199,7 +214,17 @@ def get_config(name: str) -> TrainConfig:
 
 
 def cli(args: list[str] | None = None) -> TrainConfig:
-    """``<config name> [--field=value ...]`` → the config with overrides applied (tyro)."""
+    """``<config name> [--ki] [--field=value ...]`` → the config with overrides applied (tyro).
+
+    ``--ki`` turns knowledge insulation on for any config (``with_ki``); its ``--model.ki.*`` fields then apply.
+    """
+    import sys
+
     import tyro
 
-    return tyro.extras.overridable_config_cli({c.name: (c.name, c) for c in _CONFIGS}, args=args)
+    args = list(sys.argv[1:] if args is None else args)
+    ki = "--ki" in args
+    args = [a for a in args if a != "--ki"]
+    return tyro.extras.overridable_config_cli(
+        {c.name: (c.name + (" with knowledge insulation" if ki else ""), with_ki(c) if ki else c) for c in _CONFIGS},
+        args=args)

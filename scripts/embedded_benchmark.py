@@ -44,7 +44,6 @@ def main(args: Args) -> dict:
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
     from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm.training.data_config import data_home
-    from pi0_eqm.training.norm_stats import compute_for_config
 
     names = {"eqm": "pi0_eqm_metaworld", "flow": "pi0_metaworld"}
     bad = [d for d in args.decoders if d not in names]
@@ -65,7 +64,6 @@ def main(args: Args) -> dict:
                                   train_steps=args.train_steps, batch_size=args.batch_size,
                                   checkpoint_base_dir=args.checkpoint_base_dir, assets_base_dir=args.assets_base_dir)
         t = time.time()
-        compute_for_config(cfg)
         bench.train_or_reuse(cfg, args.retrain, args.progress)
         timings[f"train_{dec}_s"] = time.time() - t
         t = time.time()

@@ -91,7 +91,6 @@ def main(args: Args) -> dict:
     from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm.policies.policy_config import create_trained_policy
     from pi0_eqm.training.data_config import data_home
-    from pi0_eqm.training.norm_stats import compute_for_config
 
     bad = [a for a in args.arms if a not in ARMS]
     if bad:
@@ -109,7 +108,6 @@ def main(args: Args) -> dict:
                                   train_steps=args.train_steps, checkpoint_base_dir=args.checkpoint_base_dir,
                                   assets_base_dir=args.assets_base_dir, keep_every=args.eval_every)
         t = time.time()
-        compute_for_config(cfg)
         bench.train_or_reuse(cfg, args.retrain, args.progress)
         timings[f"train_{arm}_s"] = time.time() - t
         train[arm] = _train_stats(cfg.checkpoint_dir)

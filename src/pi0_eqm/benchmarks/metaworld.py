@@ -39,8 +39,12 @@ def configure_run(name: str, data_path: str, *, exp_name: str, seed: int, train_
 
 
 def train_or_reuse(cfg: TrainConfig, retrain: bool, progress: bool) -> None:
-    """Trains ``cfg``, resumes an interrupted run, or reuses a finished one (unless ``retrain``)."""
+    """Computes the norm stats (and FAST tokenizer for KI configs), then trains ``cfg``, resumes an interrupted run,
+    or reuses a finished one (unless ``retrain``)."""
     from pi0_eqm.training import loop
+    from pi0_eqm.training.norm_stats import compute_for_config
+
+    compute_for_config(cfg)
 
     run = cfg.checkpoint_dir
     steps = sorted(int(p.name) for p in run.iterdir() if p.name.isdigit()) if run.is_dir() else []

@@ -179,3 +179,44 @@ def test_tokenize_fast_actions_transform():
     assert short.truncated == 1
     with pytest.raises(ValueError, match="expects actions"):
         transform({"actions": np.zeros((8, 2))})
+
+
+def test_fast_generate_is_greedy_and_self_consistent():
+    from pi0_eqm.decoders.ki import fast_generate
+
+    cfg, dec, params, obs, _ = _setup()
+    layout = cfg.fast_layout
+    tokens, mask = jax.jit(lambda p, o: fast_generate(dec, p, o))(params, obs)
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    assert tokens.shape == (2, F) and (tokens[:, 0] == layout.begin_id).all()
+    for seq, m in zip(tokens, mask, strict=True):
+        n = int(m.sum())
+        assert m[:n].all() and not m[n:].any()  # contiguous
+        body = seq[1:n]
+        assert ((layout.from_lm(body) >= 0) | (body == layout.end_id)).all()
+        assert (body[:-1] != layout.end_id).all()  # nothing after <end>
+    # Teacher forcing the generated sequence reproduces every greedy choice.
+    logits = Pi0(cfg).apply({"params": params}, obs, jnp.asarray(tokens), jnp.asarray(mask), method=Pi0.fast_logits)
+    allowed = np.zeros(cfg.vocab_size, bool)
+    allowed[layout.to_lm(np.arange(layout.fast_vocab_size))] = True
+    allowed[layout.end_id] = True
+    greedy = np.argmax(np.where(allowed, np.asarray(logits), -np.inf), axis=-1)
+    for b in range(2):
+        n = int(mask[b].sum())
+        np.testing.assert_array_equal(greedy[b, : n - 1], tokens[b, 1:n])
+
+
+def test_fast_actions_decodes_and_flags_invalid_sequences():
+    from pi0_eqm.decoders.ki import fast_actions
+
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 8)[:, None]
+    chunks = np.sin(2 * np.pi * (t * rng.uniform(0.5, 1.5, (200, 1, 4)) + rng.uniform(0, 1, (200, 1, 4))))
+    tok = FastTokenizer.fit(chunks, scale=10.0, vocab_size=128)
+    layout = FastTokenLayout.of(512, KI)
+    good, good_mask, _ = layout.sequence(tok.encode(chunks[0]), 40)
+    unterminated, um, _ = layout.sequence(tok.encode(chunks[1]), 40)
+    um[int(um.sum()) - 1] = False  # drop <end>
+    actions, valid = fast_actions(tok, layout, np.stack([good, unterminated]), np.stack([good_mask, um]))
+    assert actions.shape == (2, 8, 4) and valid.tolist() == [True, False]
+    np.testing.assert_allclose(actions[0], tok.decode(tok.encode(chunks[0])), atol=1e-6)

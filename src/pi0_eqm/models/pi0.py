@@ -229,6 +229,17 @@ class Pi0(nn.Module):
         (when set) with the FAST positions masked out and the same positions as at inference, so its output equals
         ``prefill`` + ``expert_field`` on ``obs`` and no expert gradient reaches the backbone.
         """
+        logits, kv_cache, prefix_mask = self._backbone_with_fast(obs, fast_in, fast_in_mask)
+        if stop_gradient:
+            kv_cache = jax.lax.stop_gradient(kv_cache)
+        expert_prefix_mask = jnp.concatenate([prefix_mask, jnp.zeros_like(fast_in_mask, dtype=bool)], axis=1)
+        return self.expert_field(kv_cache, expert_prefix_mask, obs.state, x, time), logits
+
+    def fast_logits(self, obs: Observation, fast_in: jax.Array, fast_in_mask: jax.Array) -> jax.Array:
+        """Backbone next-FAST-token logits ``[B, F, V]`` (position i predicts token i + 1); no expert."""
+        return self._backbone_with_fast(obs, fast_in, fast_in_mask)[0]
+
+    def _backbone_with_fast(self, obs: Observation, fast_in: jax.Array, fast_in_mask: jax.Array):
         prefix_tokens, prefix_mask, prefix_ar = self.embed_prefix(obs)
         fast_in_mask = fast_in_mask.astype(bool)
         tokens = jnp.concatenate([prefix_tokens, self.PaliGemma.llm.embed(fast_in)], axis=1)
@@ -237,11 +248,7 @@ class Pi0(nn.Module):
         positions = jnp.cumsum(input_mask, axis=1) - 1
         (prefix_out, _), kv_cache = self.PaliGemma.llm([tokens, None], positions=positions,
                                                        mask=make_attn_mask(input_mask, ar_mask))
-        logits = self.PaliGemma.llm.logits(prefix_out[:, prefix_tokens.shape[1]:])
-        if stop_gradient:
-            kv_cache = jax.lax.stop_gradient(kv_cache)
-        expert_prefix_mask = jnp.concatenate([prefix_mask, jnp.zeros_like(fast_in_mask)], axis=1)
-        return self.expert_field(kv_cache, expert_prefix_mask, obs.state, x, time), logits
+        return self.PaliGemma.llm.logits(prefix_out[:, prefix_tokens.shape[1]:]), kv_cache, prefix_mask
 
     def init_all(self, obs: Observation, actions: jax.Array) -> jax.Array:
         # Touch the embedder's full table and both final norms through a normal forward.

@@ -82,6 +82,12 @@ def test_ki_pipeline_checkpoint_export_and_policy(trained_ki_libero, tmp_path):
     out = export_checkpoint(step_dir, tmp_path / "exported")
     assert FastTokenizer.load(out / "assets" / cfg.data.asset_id / FAST_TOKENIZER_DIR).encode(chunk) == tok.encode(chunk)
 
+    from pi0_eqm.analysis.ki import backbone_vs_expert
+
+    diag = backbone_vs_expert(cfg, step_dir, n=4)
+    assert diag["chunks"] == 4 and 0 <= diag["fast_valid"] <= 1 and 0 <= diag["fast_acc_teacher_forced"] <= 1
+    assert diag["fast_ce"] > 0 and diag["expert_rmse"] > 0 and diag["fast_rmse_all"] > 0
+
     # Inference is unchanged by KI: images + prompt prefix, the expert decodes.
     policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(max_iters=5))
     actions = policy.infer(libero_obs(np.random.default_rng(1)))["actions"]

@@ -59,7 +59,7 @@ def make_train_step(decoder, tx: optax.GradientTransformation, ema_decay: float 
     With knowledge insulation (``decoder.config.ki``) the loss is ``action_loss + ki.loss_weight · fast_ce`` and the
     metrics add ``action_loss``, ``fast_ce`` and ``fast_acc`` (next-FAST-token accuracy).
     """
-    ki = decoder.config.ki
+    ki = getattr(getattr(decoder, "config", None), "ki", None)  # decoder-shaped objects without a config: no KI
 
     def step_fn(state: TrainState, obs: Observation, actions: jax.Array, action_is_pad: jax.Array | None = None):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)

@@ -1,7 +1,7 @@
 """Training benchmark: step time and samples/s of tiny configs on this machine, and the memory a full-size config
 needs (params, AdamW state, EMA) from ``jax.eval_shape`` — nothing full-size is materialised.
 
-    uv run scripts/benchmark_train.py [--configs debug_eqm pi0_eqm_metaworld] [--steps 20]
+    uv run scripts/benchmark_train.py [--configs debug_eqm pi0_eqm_metaworld pi0_eqm_ki_metaworld] [--steps 20]
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ def _timed_steps(name: str, batch_size: int, steps: int) -> dict:
     obs, actions = model.fake_obs(batch_size), model.fake_actions(batch_size)
     obs = obs.replace(images={k: np.random.default_rng(0).uniform(-1, 1, v.shape).astype(np.float32)
                               for k, v in obs.images.items()})
+    if model.ki is not None:  # KI: the full FAST slot budget, half of it real tokens (Meta-World chunks: ~17 + 2)
+        rng = np.random.default_rng(1)
+        seqs = [model.fast_layout.sequence(rng.integers(0, model.ki.fast_vocab_size, model.ki.max_fast_tokens // 2),
+                                           model.ki.max_fast_tokens)[:2] for _ in range(batch_size)]
+        obs = obs.replace(fast_tokens=np.stack([t for t, _ in seqs]), fast_mask=np.stack([m for _, m in seqs]))
     t = time.perf_counter()
     state, m = step(state, obs, actions)
     jax.block_until_ready(m)

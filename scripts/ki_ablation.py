@@ -77,8 +77,10 @@ def _plot(path: str, results: dict, title: str) -> None:
         y = [rows[str(s)]["mean_success"] for s in steps]
         lo = [rows[str(s)]["ci95"][0] for s in steps]
         hi = [rows[str(s)]["ci95"][1] for s in steps]
-        line = ax.plot(steps, y, marker="o", label=arm, linestyle="--" if arm.endswith("_ki") else "-")[0]
-        ax.fill_between(steps, lo, hi, alpha=0.12, color=line.get_color())
+        color = "tab:orange" if arm.startswith("eqm") else "tab:blue"  # one colour per decoder, style per variant
+        style = "--" if arm.endswith("_ki") else ":" if arm.endswith("_joint") else "-"
+        ax.plot(steps, y, marker="o", label=arm, color=color, linestyle=style)
+        ax.fill_between(steps, lo, hi, alpha=0.08, color=color)
     ax.set_xlabel("training steps")
     ax.set_ylabel("success rate (held-out configurations)")
     ax.set_ylim(0, 1)

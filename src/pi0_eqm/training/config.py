@@ -3,9 +3,8 @@
     uv run scripts/train.py pi0_eqm_libero --exp-name=run1 [--resume | --overwrite] [--batch-size=...]
 
 ``pi0_libero`` (flow baseline) and ``pi0_eqm_libero`` differ only in the decoder; the ``*_ki_*`` variants add
-knowledge insulation (``pi0_eqm.models.ki``), and any config can get it from the CLI with ``--model.ki.loss-weight``
-etc. once the model has a ``ki`` block. ``debug*`` configs train a tiny
-model on generated data in seconds on a CPU.
+knowledge insulation (``pi0_eqm.models.ki``), which ``<config> --ki`` turns on for any config (then
+``--model.ki.loss-weight`` etc. apply). ``debug*`` configs train a tiny model on generated data in seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -134,7 +133,7 @@ def with_ki(config: TrainConfig, ki: KIConfig | None = None, name: str | None = 
     if model.ki is not None:
         return config
     paligemma = model.vocab_size >= PALIGEMMA_VOCAB_SIZE
-    ki = ki or (KIConfig() if paligemma else dataclasses.replace(_KI_METAWORLD))
+    ki = ki or (KIConfig() if paligemma else _KI_METAWORLD)
     vocab = model.vocab_size if paligemma else model.vocab_size + ki.fast_vocab_size + ki.skip_tokens
     return dataclasses.replace(config, name=name or f"{config.name}_ki",
                                model=dataclasses.replace(model, ki=ki, vocab_size=vocab))

@@ -1,27 +1,17 @@
 """The main job, reduced: real Meta-World demos → norm stats → training → closed-loop evaluation, via the script."""
 
-import importlib.util
 import json
-from pathlib import Path
-import sys
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks.conftest import load_script
+
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("embedded_benchmark", REPO / "scripts" / "embedded_benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_embedded_benchmark_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("PI0_DATA_HOME", str(tmp_path / "data"))
-    mod = _script()
+    mod = load_script("embedded_benchmark")
     args = mod.Args(decoders=("eqm", "flow"), demos_per_task=2, train_steps=12, batch_size=8, episodes_per_task=1,
                     max_steps=24, tasks=("handle-press-v3", "coffee-button-v3"), out=str(tmp_path / "out"),
                     checkpoint_base_dir=str(tmp_path / "ckpt"), assets_base_dir=str(tmp_path / "assets"),

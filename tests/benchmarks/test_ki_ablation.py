@@ -1,29 +1,18 @@
 """The KI ablation, reduced: real Meta-World demos → norm stats + FAST fit → KI / joint training → success vs steps."""
 
-import importlib.util
 import json
-from pathlib import Path
-import sys
 
 import pytest
 
 from pi0_eqm.models.fast import FastTokenizer
+from tests.benchmarks.conftest import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("ki_ablation", REPO / "scripts" / "ki_ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_ki_ablation_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("PI0_DATA_HOME", str(tmp_path / "data"))
-    mod = _script()
+    mod = load_script("ki_ablation")
     common = dict(demos_per_task=2, train_steps=8, eval_every=4, batch_size=8, episodes_per_task=1, max_steps=16,
                   tasks=("handle-press-v3", "coffee-button-v3"), out=str(tmp_path / "out"),
                   checkpoint_base_dir=str(tmp_path / "ckpt"), assets_base_dir=str(tmp_path / "assets"),

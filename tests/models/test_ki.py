@@ -159,11 +159,16 @@ def test_ki_config_validation():
         KIConfig(loss_weight=-1.0)
 
 
-def test_tokenize_fast_actions_transform():
+def _sine_chunks_and_tokenizer():
+    """200 smooth 8 × 4 chunks (sines of random frequency and phase) and a FAST tokenizer fitted on them."""
     rng = np.random.default_rng(0)
     t = np.linspace(0, 1, 8)[:, None]
     chunks = np.sin(2 * np.pi * (t * rng.uniform(0.5, 1.5, (200, 1, 4)) + rng.uniform(0, 1, (200, 1, 4))))
-    tok = FastTokenizer.fit(chunks, scale=10.0, vocab_size=128)
+    return chunks, FastTokenizer.fit(chunks, scale=10.0, vocab_size=128)
+
+
+def test_tokenize_fast_actions_transform():
+    chunks, tok = _sine_chunks_and_tokenizer()
     layout = FastTokenLayout.of(512, KI)
     transform = TokenizeFastActions(tok, layout, 32)
     padded = np.concatenate([chunks[0], np.zeros((8, 28))], axis=-1)  # [H, 32]: only the first 4 dims are encoded
@@ -209,10 +214,7 @@ def test_fast_generate_is_greedy_and_self_consistent():
 def test_fast_actions_decodes_and_flags_invalid_sequences():
     from pi0_eqm.decoders.ki import fast_actions
 
-    rng = np.random.default_rng(0)
-    t = np.linspace(0, 1, 8)[:, None]
-    chunks = np.sin(2 * np.pi * (t * rng.uniform(0.5, 1.5, (200, 1, 4)) + rng.uniform(0, 1, (200, 1, 4))))
-    tok = FastTokenizer.fit(chunks, scale=10.0, vocab_size=128)
+    chunks, tok = _sine_chunks_and_tokenizer()
     layout = FastTokenLayout.of(512, KI)
     good, good_mask, _ = layout.sequence(tok.encode(chunks[0]), 40)
     unterminated, um, _ = layout.sequence(tok.encode(chunks[1]), 40)

@@ -48,9 +48,8 @@ def fast_generate(decoder, params, obs: Observation, max_len: int | None = None)
         raise ValueError("fast_generate needs a model config with ki set")
     max_len = max_len or cfg.ki.max_fast_tokens
     b = obs.state.shape[0]
-    vocab = jnp.arange(cfg.vocab_size)
-    fast_lo = layout.vocab_size - layout.skip_tokens - layout.fast_vocab_size
-    allowed = ((vocab >= fast_lo) & (vocab < layout.vocab_size - layout.skip_tokens)) | (vocab == layout.end_id)
+    vocab = np.arange(cfg.vocab_size)
+    allowed = jnp.asarray((layout.from_lm(vocab) >= 0) | (vocab == layout.end_id))  # FAST ids and <end>
     tokens = jnp.zeros((b, max_len), jnp.int32).at[:, 0].set(layout.begin_id)
     mask = jnp.zeros((b, max_len), bool).at[:, 0].set(True)
 

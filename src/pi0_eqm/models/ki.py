@@ -124,7 +124,6 @@ class TokenizeFastActions:
     layout: FastTokenLayout
     max_len: int
     truncated: int = 0
-    seen: int = 0
 
     def __call__(self, data: dict) -> dict:
         if "actions" not in data:
@@ -135,7 +134,6 @@ class TokenizeFastActions:
             raise ValueError(f"FAST tokenizer expects actions [H, >= {d}], got shape {actions.shape}")
         ids = self.tokenizer.encode(actions[:, :d])
         tokens, mask, truncated = self.layout.sequence(ids, self.max_len)
-        self.seen += 1
         if truncated:
             if not self.truncated:
                 logger.warning("FAST sequence of %d tokens truncated to ki.max_fast_tokens=%d (raise it to keep whole "

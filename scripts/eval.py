@@ -1,8 +1,8 @@
 """Closed-loop evaluation of a trained checkpoint on the embedded Meta-World benchmark (held-out seeds).
 
     uv run scripts/eval.py --config pi0_eqm_metaworld --checkpoint checkpoints/pi0_eqm_metaworld/main \\
-        [--episodes-per-task 10] [--replan-every 8] [--threshold 1e-2] [--max-iters 300] [--warm-start aligned] \\
-        [--variant nesterov] [--videos-per-task 1] [--out results/eval]
+        [--episodes-per-task 10] [--replan-every 8] [--preset action|paper|bb] [--threshold 1e-2] [--max-iters 10] \\
+        [--step-size 0.05] [--momentum 0.5] [--variant nesterov] [--warm-start aligned] [--videos-per-task 1]
 
 Writes ``<out>/results.json`` (per-episode records, per-task and mean success with 95% CIs, solver iterations and
 latency) and ``<out>/success.png``; prints a table.
@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Annotated
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import tyro  # noqa: E402
+
+from pi0_eqm.policies.policy import PolicySettings  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -26,12 +30,7 @@ class Args:
     seed: int = 1000  # evaluation seed (demos use 0: held-out configurations)
     max_steps: int = 200
     tasks: tuple[str, ...] | None = None
-    threshold: float | None = None
-    max_iters: int | None = None
-    step_size: float | None = None
-    momentum: float | None = None
-    variant: str | None = None
-    warm_start: str = "aligned"
+    decoder: Annotated[PolicySettings, tyro.conf.OmitArgPrefixes] = PolicySettings()  # executed := replan_every
     videos_per_task: int = 0
     out: str = "results/eval"
 
@@ -39,13 +38,10 @@ class Args:
 def main(args: Args) -> dict:
     from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
-    from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm.training.config import get_config
 
     cfg = get_config(args.config)
-    settings = PolicySettings(max_iters=args.max_iters, threshold=args.threshold, step_size=args.step_size,
-                              momentum=args.momentum, variant=args.variant, warm_start=args.warm_start,
-                              executed=args.replan_every)
+    settings = dataclasses.replace(args.decoder, executed=args.replan_every)
     policy = bench.load_policy(cfg, args.checkpoint, settings)
     tasks = args.tasks or DEFAULT_TASKS
     result = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,

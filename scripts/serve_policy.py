@@ -1,7 +1,8 @@
 """Serve a trained checkpoint to openpi clients (websocket + msgpack, openpi's wire format).
 
     uv run scripts/serve_policy.py --config pi0_eqm_libero --checkpoint checkpoints/pi0_eqm_libero/run1/30000 \\
-        [--port 8000] [--threshold 1e-2] [--max-iters 300] [--warm-start aligned] [--executed 5]
+        [--port 8000] [--preset action|paper|bb] [--threshold 1e-2] [--max-iters 10] [--step-size 0.05] \\
+        [--momentum 0.5] [--variant nesterov] [--warm-start aligned] [--executed 5]
 
 Each reply carries ``actions``, ``policy_timing``, ``server_timing`` and ``solver`` (iterations, final residual,
 converged, warm_started). Per request, a ``decoder_settings`` dict overrides the decoder settings; sending
@@ -12,6 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Annotated
+
+import tyro
+
+from pi0_eqm.policies.policy import PolicySettings
 
 
 @dataclasses.dataclass
@@ -20,30 +26,22 @@ class Args:
     checkpoint: str
     port: int = 8000
     host: str = "0.0.0.0"
-    threshold: float | None = None
-    max_iters: int | None = None
-    step_size: float | None = None
-    momentum: float | None = None
-    variant: str | None = None
-    warm_start: str = "aligned"
-    executed: int = 5  # actions the client executes per chunk (openpi LIBERO: replan_steps = 5)
+    # Decoder settings (--preset, --threshold, --max-iters, --step-size, --momentum, --variant, --guard, --warm-start,
+    # --executed: actions the client executes per chunk, openpi LIBERO: replan_steps = 5).
+    decoder: Annotated[PolicySettings, tyro.conf.OmitArgPrefixes] = PolicySettings()
     default_prompt: str | None = None
     image_size: int | None = None  # expected camera size (default: 224 for LIBERO/ALOHA, the model's for Meta-World)
     max_workers: int = 1
 
 
 def build_server(args: Args):
-    from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm.policies.policy_config import create_trained_policy
     from pi0_eqm.serving import schema as _schema
     from pi0_eqm.serving.server import PolicyServer
     from pi0_eqm.training.config import get_config
 
     cfg = get_config(args.config)
-    settings = PolicySettings(max_iters=args.max_iters, threshold=args.threshold, step_size=args.step_size,
-                              momentum=args.momentum, variant=args.variant, warm_start=args.warm_start,
-                              executed=args.executed)
-    policy = create_trained_policy(cfg, args.checkpoint, settings=settings, default_prompt=args.default_prompt)
+    policy = create_trained_policy(cfg, args.checkpoint, settings=args.decoder, default_prompt=args.default_prompt)
     robot = getattr(cfg.data, "robot", None)
     if robot == "aloha":
         schema = _schema.aloha_schema(args.image_size or 224)

@@ -159,7 +159,8 @@ def test_full_trajectory_predicts_what_a_thresholded_solve_returns(contracting_p
     iteration count and the chunk of a solve with threshold ε — the premise of the analysis."""
     pol = contracting_policy
     obs = _metaworld_obs(np.random.default_rng(1))
-    settings = DecodeSettings(threshold=0.0, max_iters=60)
+    # The paper's slow step (η 0.003, μ 0.3): the residual falls geometrically over many iterations.
+    settings = DecodeSettings(threshold=0.0, max_iters=60, step_size=0.003, momentum=0.3, guard=False)
     full = it.record_solve(pol, obs, seed=5, settings=settings)
     r = full.residuals
     assert np.all(np.diff(r[5:]) < 0)
@@ -173,8 +174,9 @@ def test_full_trajectory_predicts_what_a_thresholded_solve_returns(contracting_p
     assert not np.allclose(stopped.actions, full.actions, atol=1e-3)  # stopping early did change the chunk
     # ... and it is what the policy's own (non-recording) decode returns from the same initial iterate.
     model_obs, _ = it.policy_model_inputs(pol, obs)
-    ds = DecodeSettings(threshold=eps, max_iters=60)
-    actions, iters, _, _ = pol._decode_fn(ds)(pol.params, model_obs, jax.random.key(0), full.init[None])
+    ds = PolicySettings(preset="paper", threshold=eps, max_iters=60).decode_settings(pol.config.decoder)
+    actions, iters, _, _ = pol._decode_fn(ds.variant)(pol.params, model_obs, jax.random.key(0), full.init[None],
+                                                      pol.knobs(ds))
     assert int(iters[0]) == k_star + 1
     np.testing.assert_allclose(it.to_robot(pol, obs, np.asarray(actions[0])), stopped.actions, rtol=1e-5, atol=1e-6)
 

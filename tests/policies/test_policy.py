@@ -36,6 +36,49 @@ def test_policy_infers_libero_actions_and_warm_starts(trained_libero):
         policy.infer({**libero_obs(rng), "decoder_settings": {"variant": "adam"}})
 
 
+def test_one_compiled_decode_serves_every_solver_setting(trained_libero):
+    """ε, the cap, η, μ and the guard reach the solver as traced values: many different settings, one compilation;
+    a new variant compiles once more. Presets fill what a request leaves unset."""
+    cfg, step_dir = trained_libero
+    policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(executed=2))
+    rng = np.random.default_rng(3)
+    requests = [{"max_iters": 3, "warm_start": "off"}, {"max_iters": 7, "threshold": 0.0},
+                {"step_size": 0.01, "momentum": 0.0, "max_iters": 4}, {"threshold": 1e-4, "guard": False},
+                {"step_size": 0.2, "momentum": 0.9, "max_iters": 5}, {"preset": "paper", "max_iters": 6}]
+    iters = [policy.infer({**libero_obs(rng), "decoder_settings": r}, session="s")["solver"]["iterations"]
+             for r in requests]
+    assert iters[0] == 3 and iters[1] == 7 and iters[2] == 4 and iters[4] <= 5 and iters[5] <= 6
+    assert list(policy._decode_cache) == ["nesterov"]
+    assert policy._decode_cache["nesterov"]._cache_size() == 1
+    out = policy.infer({**libero_obs(rng), "decoder_settings": {"preset": "bb", "max_iters": 4}}, session="s")
+    assert 1 <= out["solver"]["iterations"] <= 4
+    assert sorted(policy._decode_cache) == ["bb", "nesterov"]
+    # The preset's values are what ran: the paper preset's cap applies when the request gives none.
+    resolved = PolicySettings(preset="paper").decode_settings(cfg.model.decoder)
+    assert (resolved.step_size, resolved.momentum, resolved.max_iters, resolved.guard) == (0.003, 0.3, 300, False)
+    resolved = PolicySettings(preset="paper", step_size=0.01).decode_settings(cfg.model.decoder)
+    assert resolved.step_size == 0.01 and resolved.max_iters == 300
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"step_size": 0}, r"step_size \(η\) must be > 0"),
+    ({"step_size": -0.1}, r"step_size \(η\) must be > 0"),
+    ({"momentum": 1.0}, r"momentum \(μ\) must be in \[0, 1\)"),
+    ({"momentum": -0.5}, r"momentum \(μ\) must be in \[0, 1\)"),
+    ({"variant": "adam"}, "solver variant must be one of"),
+    ({"preset": "fast"}, "unknown solver preset 'fast'"),
+    ({"guard": "yes"}, "guard must be true or false"),
+    ({"max_iters": 0}, "max_iters must be an int"),
+])
+def test_wrong_solver_settings_are_clear_errors(trained_libero, bad, message):
+    cfg, step_dir = trained_libero
+    policy = create_trained_policy(cfg, step_dir)
+    with pytest.raises(InvalidRequestError, match=message):
+        policy.infer({**libero_obs(np.random.default_rng(4)), "decoder_settings": bad})
+    with pytest.raises(ValueError, match=message):
+        PolicySettings(**bad)
+
+
 def test_delta_actions_round_trip_through_policy_outputs(trained_libero):
     """With extra_delta_transform, outputs are absolute: zero model output → actions equal state (dims 0-5) + mean."""
     cfg, step_dir = trained_libero

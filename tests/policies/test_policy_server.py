@@ -30,7 +30,9 @@ CLIENT = textwrap.dedent(
     r["solver"] = [o["solver"] for o in out]
     r["timing"] = [o["server_timing"]["infer_ms"] for o in out]
     errors = []
-    for bad in (obs(size=200), obs(state=np.full(8, np.nan, np.float32)), {**obs(), "decoder_settings": {"nope": 1}}):
+    for bad in (obs(size=200), obs(state=np.full(8, np.nan, np.float32)), {**obs(), "decoder_settings": {"nope": 1}},
+                {**obs(), "decoder_settings": {"step_size": -1.0}}, {**obs(), "decoder_settings": {"momentum": 1.0}},
+                {**obs(), "decoder_settings": {"preset": "fast"}}, {**obs(), "decoder_settings": {"variant": "adam"}}):
         try:
             c.infer(bad); errors.append(None)
         except RuntimeError as e:
@@ -58,8 +60,12 @@ def test_openpi_client_drives_the_real_policy(trained_libero, openpi_client_pyth
     assert r["shapes"] == [[cfg.model.action_horizon, 7]] * 3
     assert [s["warm_started"] for s in r["solver"]] == [False, True, True]  # one session per connection
     assert all(1 <= s["iterations"] <= 30 and np.isfinite(s["final_residual"]) for s in r["solver"])
-    size_err, nan_err, settings_err = r["errors"]
+    size_err, nan_err, settings_err, eta_err, mu_err, preset_err, variant_err = r["errors"]
     assert "224" in size_err and "Invalid request" in size_err
     assert "NaN" in nan_err
     assert "unknown decoder settings" in settings_err
+    assert "step_size (η) must be > 0" in eta_err
+    assert "momentum (μ) must be in [0, 1)" in mu_err
+    assert "unknown solver preset 'fast'" in preset_err
+    assert "solver variant must be one of" in variant_err
     assert r["after"] == [cfg.model.action_horizon, 7]

@@ -15,15 +15,28 @@ from pi0_eqm.policies.policy import Policy
 from pi0_eqm.policies.policy import PolicySettings
 from pi0_eqm.training.config import TrainConfig
 
+# EqM training variants of the decoder study (``EqmConfig`` fields); "default" is the registered config.
+EQM_TRAIN_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "mix": {"gamma_sampling": "data_mixture"},  # half the batch with γ ~ U(a, 1)
+    "real": {"loss_dims": "real"},  # loss on the real action dims only, padded dims held at zero
+    "mix_real": {"gamma_sampling": "data_mixture", "loss_dims": "real"},
+}
+
 
 def configure_run(name: str, data_path: str, *, exp_name: str, seed: int, train_steps: int | None = None,
                   batch_size: int | None = None, checkpoint_base_dir: str = "./checkpoints",
-                  assets_base_dir: str = "./assets", keep_every: int | None = None) -> TrainConfig:
+                  assets_base_dir: str = "./assets", keep_every: int | None = None,
+                  decoder_updates: dict[str, Any] | None = None) -> TrainConfig:
     """Registered config ``name`` pointed at the generated demos; ``train_steps`` rescales the LR schedule;
-    ``keep_every`` saves and keeps a checkpoint every that many steps (for success-vs-steps curves)."""
+    ``keep_every`` saves and keeps a checkpoint every that many steps (for success-vs-steps curves);
+    ``decoder_updates`` replaces fields of the model's decoder config (e.g. ``EQM_TRAIN_VARIANTS``)."""
     from pi0_eqm.training.config import get_config
 
     cfg = get_config(name)
+    if decoder_updates:
+        decoder = dataclasses.replace(cfg.model.decoder, **decoder_updates)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, decoder=decoder))
     updates = {"data": dataclasses.replace(cfg.data, path=data_path), "exp_name": exp_name, "seed": seed,
                "checkpoint_base_dir": checkpoint_base_dir, "assets_base_dir": assets_base_dir}
     if train_steps is not None:
@@ -153,10 +166,18 @@ def plot_success(rows: dict[str, dict[str, Any]], tasks, path: str | os.PathLike
     for i, name in enumerate(names):
         r = rows[name]
         vals = [r["per_task"].get(t, 0.0) for t in tasks] + [r["mean_success"]]
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=name)
+        pos = x + (i - (len(names) - 1) / 2) * width
+        fwd = f", {r['iters_mean']:.0f} forwards/chunk" if r.get("iters_mean") is not None else ""
+        bars = ax.bar(pos, vals, width, label=f"{name}{fwd}")
+        if r.get("ci95") is not None:  # pooled Wilson 95% CI on the overall success
+            lo, hi = r["ci95"]
+            y = r["overall_success"]
+            ax.errorbar([pos[-1]], [y], yerr=[[y - lo], [hi - y]], fmt="k.", capsize=4)
+            ax.text(pos[-1], min(hi, 1.0) + 0.02, f"[{lo:.2f}, {hi:.2f}]", ha="center", fontsize=6,
+                    color=bars[-1].get_facecolor())
     ax.set_xticks(x, [t.replace("-v3", "") for t in tasks] + ["MEAN"], rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("success rate (MEAN: pooled, Wilson 95% CI)")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -84,7 +84,7 @@ def warm_vs_cold(config: Pi0Config, params, *, batch_size: int = 32, executed: i
     state = rng.uniform(-1, 1, (batch_size, d)).astype(np.float32)
     rows = []
     for eps in thresholds:
-        settings = DecodeSettings(threshold=eps)
+        settings = DecodeSettings(threshold=eps, max_iters=300)  # iterations to ε, not the default 10-forward cap
         decode = jax.jit(lambda p, o, r, init, s=settings: dec.decode(p, o, r, init=init, settings=s))
         obs0 = toy.make_obs(config, ids, state, np.random.default_rng(seed))
         noise0 = jax.random.normal(jax.random.key(seed), (batch_size, h, config.action_dim))

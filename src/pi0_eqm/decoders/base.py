@@ -35,14 +35,16 @@ class DecodeStats:
 class DecodeSettings:
     """Evaluation-time decoder options; ``None`` keeps the config's value.
 
-    ``max_iters`` is the budget of expert forwards per chunk for both decoders (flow: Euler steps).
+    ``max_iters`` is the budget of expert forwards per chunk for both decoders (flow: Euler steps). ``variant`` is
+    compiled in; the other fields may be traced arrays (one compiled decoder then serves every value).
     """
 
-    max_iters: int | None = None
-    threshold: float | None = None
-    step_size: float | None = None
-    momentum: float | None = None
+    max_iters: Any = None
+    threshold: Any = None
+    step_size: Any = None
+    momentum: Any = None
     variant: str | None = None
+    guard: Any = None
 
 
 class Decoder(Protocol):

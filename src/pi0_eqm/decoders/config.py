@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
-SolverVariant = Literal["nesterov", "eqm_nag", "gd"]
+SolverVariant = Literal["nesterov", "eqm_nag", "gd", "bb"]
 WarmStartMode = Literal["off", "paper_half", "aligned"]
 ResidualDims = Literal["real", "all"]
+SolverPreset = Literal["action", "paper", "bb"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,40 +23,103 @@ class FlowConfig:
     time_min: float = 0.001  # t = Beta(a, b)·(1 − time_min) + time_min
 
 
+SOLVER_VARIANTS = ("nesterov", "eqm_nag", "gd", "bb")
+
+
+def check_solver_values(*, variant=None, step_size=None, momentum=None, max_iters=None, threshold=None,
+                        max_iters_limit: int = 10_000) -> None:
+    """Raises ``ValueError`` naming the first bad value (η ≤ 0, μ ∉ [0, 1), unknown variant, cap ∉ [1, limit]);
+    ``None`` means "not given"."""
+    if variant is not None and variant not in SOLVER_VARIANTS:
+        raise ValueError(f"solver variant must be one of {list(SOLVER_VARIANTS)}, got {variant!r}")
+    for name, v in (("step_size", step_size), ("momentum", momentum), ("threshold", threshold)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if step_size is not None and step_size <= 0:
+        raise ValueError(f"step_size (η) must be > 0, got {step_size}")
+    if momentum is not None and not 0 <= momentum < 1:
+        raise ValueError(f"momentum (μ) must be in [0, 1), got {momentum}")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int)
+                                  or not 1 <= max_iters <= max_iters_limit):
+        raise ValueError(f"max_iters must be an int in [1, {max_iters_limit}], got {max_iters!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SolverConfig:
-    """Nesterov / GD settings of the EqM solver (all evaluation-time options)."""
+    """EqM solver settings (all evaluation-time options); the defaults are the ``"action"`` preset.
 
-    variant: SolverVariant = "nesterov"  # nesterov: A ← Ã − ηf(Ã); eqm_nag (paper Alg. 2): A ← A − ηf(Ã); gd
-    step_size: float = 0.003  # η
-    momentum: float = 0.3  # μ
-    max_iters: int = 300  # K_max (the matched budget)
+    Measured on the embedded benchmark's trained model (README, "Solver for the action domain"): the field's
+    stiffness at the root is λ_max ≈ 22–25, so GD is stable up to η ≈ 0.08; η = 0.05, μ = 0.5 crosses the far-field
+    plateau in a few forwards. The EqM paper's image-latent setting (η = 0.003, μ = 0.3, 300 forwards) is the
+    ``"paper"`` preset.
+    """
+
+    variant: SolverVariant = "nesterov"  # nesterov: A ← Ã − ηf(Ã); eqm_nag (paper Alg. 2): A ← A − ηf(Ã); gd; bb
+    step_size: float = 0.05  # η (for "bb": the first step α_0)
+    momentum: float = 0.5  # μ (unused by "gd" and "bb")
+    max_iters: int = 10  # K_max: expert forwards per chunk (the matched budget)
     threshold: float = 1e-2  # ε on the normalized residual; <= 0 means "never stop early"
     residual_dims: ResidualDims = "real"  # RMS over real action dims only, or over all (padded) dims
+    guard: bool = True  # halve a sample's η and restart its momentum when its residual grows (not for "bb")
+    bb_min_step: float = 1e-3  # "bb": α_k = clip(sᵀs / sᵀy, bb_min_step, bb_max_step)
+    bb_max_step: float = 0.3
 
     def __post_init__(self):
-        if self.variant not in ("nesterov", "eqm_nag", "gd"):
-            raise ValueError(f"solver variant must be 'nesterov', 'eqm_nag' or 'gd', got {self.variant!r}")
-        if self.step_size <= 0:
-            raise ValueError(f"step_size must be > 0, got {self.step_size}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.max_iters < 1:
-            raise ValueError(f"max_iters must be >= 1, got {self.max_iters}")
+        check_solver_values(variant=self.variant, step_size=self.step_size, momentum=self.momentum,
+                            max_iters=self.max_iters, threshold=self.threshold)
         if self.residual_dims not in ("real", "all"):
             raise ValueError(f"residual_dims must be 'real' or 'all', got {self.residual_dims!r}")
+        if not 0 < self.bb_min_step <= self.bb_max_step:
+            raise ValueError(f"need 0 < bb_min_step <= bb_max_step, got {self.bb_min_step}, {self.bb_max_step}")
+
+
+# Named solver settings. "action" = the defaults above; "paper" = the EqM paper's image-latent setting this project
+# shipped first (Nesterov η 0.003, μ 0.3, up to 300 forwards, no guard); "bb" = Barzilai–Borwein steps, ≤ 10 forwards.
+SOLVER_PRESETS: dict[str, SolverConfig] = {
+    "action": SolverConfig(),
+    "paper": SolverConfig(step_size=0.003, momentum=0.3, max_iters=300, guard=False),
+    "bb": SolverConfig(variant="bb"),
+}
+
+
+def solver_preset(name: str) -> SolverConfig:
+    """The named preset; a clear error for an unknown name."""
+    if name not in SOLVER_PRESETS:
+        raise ValueError(f"unknown solver preset {name!r}; expected one of {sorted(SOLVER_PRESETS)}")
+    return SOLVER_PRESETS[name]
+
+
+GammaSampling = Literal["uniform", "data_mixture"]
+LossDims = Literal["all", "real"]
 
 
 @dataclasses.dataclass(frozen=True)
 class EqmConfig:
-    """Equilibrium Matching: time-free field trained on (noise − a)·c(γ), c(γ) = λ·min(1, (1−γ)/(1−a))."""
+    """Equilibrium Matching: time-free field trained on (noise − a)·c(γ), c(γ) = λ·min(1, (1−γ)/(1−a)).
+
+    ``gamma_sampling``: "uniform" draws γ ~ U(gamma_min, gamma_max); "data_mixture" draws a ``data_fraction`` of the
+    batch from U(a, 1) (the decay region, where the roots are shaped) and the rest from U(gamma_min, gamma_max).
+    ``loss_dims``: "all" regresses every (padded) action dim as openpi does; "real" keeps the padded dims of x_γ at
+    zero and averages the loss over the real dims only (the solver then keeps padded dims at zero too).
+    """
 
     kind: Literal["eqm"] = "eqm"
     grad_multiplier: float = 4.0  # λ
     decay_start: float = 0.8  # a (truncated decay)
     gamma_min: float = 0.0  # γ ~ U(gamma_min, gamma_max)
     gamma_max: float = 1.0
+    gamma_sampling: GammaSampling = "uniform"
+    data_fraction: float = 0.5  # "data_mixture": share of the batch with γ ~ U(a, 1)
+    loss_dims: LossDims = "all"
     solver: SolverConfig = dataclasses.field(default_factory=SolverConfig)
+
+    def __post_init__(self):
+        if self.gamma_sampling not in ("uniform", "data_mixture"):
+            raise ValueError(f"gamma_sampling must be 'uniform' or 'data_mixture', got {self.gamma_sampling!r}")
+        if self.loss_dims not in ("all", "real"):
+            raise ValueError(f"loss_dims must be 'all' or 'real', got {self.loss_dims!r}")
+        if not 0 <= self.data_fraction <= 1:
+            raise ValueError(f"data_fraction must be in [0, 1], got {self.data_fraction}")
 
 
 DecoderConfig = FlowConfig | EqmConfig

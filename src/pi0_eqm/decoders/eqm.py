@@ -1,7 +1,7 @@
 """Equilibrium Matching decoder: a time-free field trained on (ε − A)·c(γ), decoded by the Nesterov solver.
 
-Training (openpi variables, γ = 1 − t): γ ~ U(0, 1), x = γ·A + (1−γ)·ε, target (ε − A)·c(γ) with
-c(γ) = λ·min(1, (1−γ)/(1−a)), λ = 4, a = 0.8. The field gets no time input: the existing time path is fed t ≡ 0, so the
+Training (openpi variables, γ = 1 − t): γ ~ U(0, 1) (or a mixture with U(a, 1), ``gamma_sampling``),
+x = γ·A + (1−γ)·ε, target (ε − A)·c(γ) with c(γ) = λ·min(1, (1−γ)/(1−a)), λ = 4, a = 0.8. The field gets no time input: the existing time path is fed t ≡ 0, so the
 parameter tree is identical to π₀'s and openpi checkpoints load unchanged.
 """
 
@@ -26,11 +26,26 @@ def eqm_weight(gamma: jax.Array, grad_multiplier: float, decay_start: float) -> 
     return grad_multiplier * jnp.minimum(1.0, (1.0 - gamma) / (1.0 - decay_start))
 
 
-def eqm_training_pair(actions: jax.Array, rng: jax.Array, eqm: EqmConfig) -> tuple[jax.Array, jax.Array]:
-    """(x_γ, target) for a batch of clean chunks ``[B, ...]``: x_γ = γA + (1−γ)ε, target (ε − A)·c(γ)."""
+def sample_gamma(rng: jax.Array, batch_size: int, eqm: EqmConfig) -> jax.Array:
+    """γ per sample: U(gamma_min, gamma_max), or for "data_mixture" U(a, 1) with probability ``data_fraction``."""
+    if eqm.gamma_sampling == "uniform":
+        return jax.random.uniform(rng, (batch_size,), minval=eqm.gamma_min, maxval=eqm.gamma_max)
+    u_rng, mix_rng, pick_rng = jax.random.split(rng, 3)
+    gamma = jax.random.uniform(u_rng, (batch_size,), minval=eqm.gamma_min, maxval=eqm.gamma_max)
+    near = jax.random.uniform(mix_rng, (batch_size,), minval=eqm.decay_start, maxval=1.0)
+    return jnp.where(jax.random.uniform(pick_rng, (batch_size,)) < eqm.data_fraction, near, gamma)
+
+
+def eqm_training_pair(actions: jax.Array, rng: jax.Array, eqm: EqmConfig,
+                      dim_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(x_γ, target) for a batch of clean chunks ``[B, ...]``: x_γ = γA + (1−γ)ε, target (ε − A)·c(γ).
+
+    With ``dim_mask`` (``loss_dims="real"``) the padded dims of x_γ and of the target are zero."""
     noise_rng, gamma_rng = jax.random.split(rng)
     noise = jax.random.normal(noise_rng, actions.shape)
-    gamma = jax.random.uniform(gamma_rng, (actions.shape[0],), minval=eqm.gamma_min, maxval=eqm.gamma_max)
+    if dim_mask is not None:
+        noise = noise * dim_mask.astype(noise.dtype)
+    gamma = sample_gamma(gamma_rng, actions.shape[0], eqm)
     g = gamma.reshape((-1,) + (1,) * (actions.ndim - 1))
     x = g * actions + (1 - g) * noise
     c = eqm_weight(gamma, eqm.grad_multiplier, eqm.decay_start).reshape(g.shape)
@@ -44,16 +59,21 @@ class EqmDecoder:
         self.config = config
         self.eqm = config.decoder
         self.model = Pi0(config)
+        # loss_dims="real": padded dims stay zero in training and in the solver.
+        self._real_mask = config.action_dim_mask() if self.eqm.loss_dims == "real" else None
 
     def training_example(self, actions: jax.Array, rng: jax.Array):
         """``(x_γ, t ≡ 0, target)``: the field has no time input, so the time path is fed zeros."""
-        x, target = eqm_training_pair(actions, rng, self.eqm)
+        x, target = eqm_training_pair(actions, rng, self.eqm, self._real_mask)
         return x, jnp.zeros((actions.shape[0],), jnp.float32), target
 
     def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array:
         x, zero_t, target = self.training_example(actions, rng)
         f = self.model.apply({"params": params}, obs, x, zero_t, method=Pi0.full_field)
-        return jnp.mean(jnp.square(f - target), axis=-1)
+        if self._real_mask is None:
+            return jnp.mean(jnp.square(f - target), axis=-1)
+        m = self._real_mask.astype(f.dtype)
+        return jnp.sum(jnp.square(f - target) * m, axis=-1) / jnp.sum(m)
 
     def field_fn(self, params, obs: Observation):
         """Computes the prefix KV cache once; returns ``f(A)`` evaluating only the action expert."""
@@ -61,23 +81,23 @@ class EqmDecoder:
         kv_cache, prefix_mask = self.model.apply(variables, obs, method=Pi0.prefill)
         zero_t = jnp.zeros((obs.state.shape[0],), jnp.float32)
 
+        mask = None if self._real_mask is None else self._real_mask.astype(jnp.float32)
+
         def f(a):
-            return self.model.apply(variables, kv_cache, prefix_mask, obs.state, a, zero_t, method=Pi0.expert_field)
+            out = self.model.apply(variables, kv_cache, prefix_mask, obs.state, a, zero_t, method=Pi0.expert_field)
+            return out if mask is None else out * mask
 
         return f
 
-    def solver_config(self, settings: DecodeSettings | None):
+    def solver_config(self, settings: DecodeSettings | None, record: bool = False):
+        """The config's solver with the (static) variant of ``settings``; the other settings are traced (``decode``).
+        With ``record`` an int ``max_iters`` also sizes the trajectory buffers."""
         solver = self.eqm.solver
-        if settings is None:
-            return solver
-        updates = {
-            "max_iters": settings.max_iters,
-            "threshold": settings.threshold,
-            "step_size": settings.step_size,
-            "momentum": settings.momentum,
-            "variant": settings.variant,
-        }
-        return dataclasses.replace(solver, **{k: v for k, v in updates.items() if v is not None})
+        if settings is not None and settings.variant is not None:
+            solver = dataclasses.replace(solver, variant=settings.variant)
+        if record and settings is not None and isinstance(settings.max_iters, int):
+            solver = dataclasses.replace(solver, max_iters=settings.max_iters)
+        return solver
 
     def decode(self, params, obs: Observation, rng: jax.Array, *, init=None, settings: DecodeSettings | None = None,
                record: bool = False):
@@ -85,8 +105,12 @@ class EqmDecoder:
         b = obs.state.shape[0]
         shape = (b, cfg.action_horizon, cfg.action_dim)
         a0 = jax.random.normal(rng, shape) if init is None else init
-        result = solve(self.field_fn(params, obs), a0, self.solver_config(settings), cfg.action_dim_mask(),
-                       record=record)
+        if self._real_mask is not None:
+            a0 = a0 * self._real_mask.astype(a0.dtype)
+        s = settings or DecodeSettings()
+        result = solve(self.field_fn(params, obs), a0, self.solver_config(settings, record), cfg.action_dim_mask(),
+                       step_size=s.step_size, momentum=s.momentum, threshold=s.threshold, max_iters=s.max_iters,
+                       guard=s.guard, record=record)
         stats = DecodeStats(iterations=result.iterations, residual=result.residual, converged=result.converged,
                             iterates=result.iterates, lookaheads=result.lookaheads, residuals=result.residuals)
         return result.actions, stats

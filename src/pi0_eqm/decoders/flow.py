@@ -44,13 +44,14 @@ class FlowDecoder:
         cfg = self.config
         num_steps = self.flow.num_steps
         if settings is not None and settings.max_iters is not None:
-            num_steps = settings.max_iters
+            num_steps = settings.max_iters  # may be traced (not with record=True, whose buffers it sizes)
         b = obs.state.shape[0]
         shape = (b, cfg.action_horizon, cfg.action_dim)
         x0 = jax.random.normal(rng, shape) if init is None else init.astype(jnp.float32)
         variables = {"params": params}
         kv_cache, prefix_mask = self.model.apply(variables, obs, method=Pi0.prefill)
-        dt = -1.0 / num_steps
+        n = jnp.asarray(num_steps, jnp.int32)
+        dt = -1.0 / n.astype(jnp.float32)
 
         def velocity(x, t):
             return self.model.apply(variables, kv_cache, prefix_mask, obs.state, x, jnp.broadcast_to(t, (b,)),
@@ -61,9 +62,13 @@ class FlowDecoder:
             v = velocity(x, t)
             return (x + dt * v, t + dt, v), (x if record else None)
 
-        (x, _, v_last), traj = jax.lax.scan(step, (x0, jnp.float32(1.0), jnp.zeros(shape)), None, length=num_steps)
+        carry0 = (x0, jnp.float32(1.0), jnp.zeros(shape))
+        if record:
+            (x, _, v_last), traj = jax.lax.scan(step, carry0, None, length=int(num_steps))
+        else:
+            x, _, v_last = jax.lax.fori_loop(0, n, lambda _, c: step(c, None)[0], carry0)
         stats = DecodeStats(
-            iterations=jnp.full((b,), num_steps, jnp.int32),
+            iterations=jnp.full((b,), n, jnp.int32),
             residual=normalized_residual(v_last, cfg.action_dim_mask()),
             converged=jnp.ones((b,), bool),
         )

@@ -1,18 +1,27 @@
-"""The EqM root finder: Nesterov / EqM-NAG / gradient descent in one ``jax.lax.while_loop``.
+"""The EqM root finder: Nesterov / EqM-NAG / gradient descent / Barzilai–Borwein in one ``jax.lax.while_loop``.
 
 For a time-free field ``f`` whose roots are action chunks (the EqM "gradient" in openpi's sign convention, pointing
-from data toward noise), iterate per sample::
+from data toward noise), iterate per sample b::
 
-    Ã_k     = A_k + μ (A_k − A_{k−1})           lookahead (Ã_k = A_k for plain GD)
-    r_k     = ‖f(Ã_k) ⊙ m‖ / sqrt(Σ m)          normalized residual at the lookahead, m = real-action-dim mask
-    A_{k+1} = Ã_k − η f(Ã_k)                    "nesterov" (standard Nesterov / Sutskever)
-    A_{k+1} = A_k − η f(Ã_k)                    "eqm_nag"  (EqM paper Algorithm 2)
-    A_{k+1} = A_k − η f(A_k)                    "gd"
+    Ã_k     = A_k + μ (A_k − A_{k−1})           lookahead (Ã_k = A_k for "gd" and "bb")
+    r_k     = ‖f(Ã_k) ⊙ m‖ / sqrt(H · Σ m)      normalized residual at the lookahead, m = real-action-dim mask
+    A_{k+1} = Ã_k − η_b f(Ã_k)                  "nesterov" (standard Nesterov / Sutskever)
+    A_{k+1} = A_k − η_b f(Ã_k)                  "eqm_nag"  (EqM paper Algorithm 2)
+    A_{k+1} = A_k − η_b f(A_k)                  "gd"
+    A_{k+1} = A_k − α_k f(A_k)                  "bb": α_0 = η, α_k = clip(sᵀs / sᵀy, α_min, α_max) for
+                                                 s = A_k − A_{k−1}, y = f(A_k) − f(A_{k−1}) (α_min if sᵀy ≤ 0)
+
+Step guard (``guard``, not for "bb", whose clip bounds the step), per sample, at no extra forward: when the residual
+grows (r_k > r_{k−1}) the momentum restarts (A_k − A_{k−1} ← 0 for the next lookahead, the adaptive restart of
+O'Donoghue & Candès); when it grows although Ã_k was momentum-free (the first step, the step after a restart, or
+"gd"), η_b halves. A step too large for the field's stiffness (η·λ_max > 2 diverges) thus shrinks itself, while the
+stable, non-monotone oscillation of momentum only costs a restart; η_0 = η.
 
 A sample stops at the first k with ``r_k < ε`` and returns ``Ã_k`` (the point the residual certifies); samples that
 hit ``max_iters`` return ``A_K`` with the residual of their last lookahead. Converged samples are frozen while the
 others continue; the loop ends when all samples have converged or at the cap. ``A_{−1} = A_0`` (momentum starts at
-zero, and resets for every new chunk). The iterate and residual are kept in float32.
+zero, and resets for every new chunk). Every iteration is one field evaluation (one expert forward). The iterate and
+residual are kept in float32. ``variant`` and ``record`` are compiled in; η, μ, ε, the cap and the guard are traced.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ class SolveResult:
     iterations: jax.Array  # [B] int32: field evaluations spent on each sample
     residual: jax.Array  # [B] float32: last residual r_k of each sample
     converged: jax.Array  # [B] bool: r_k < ε was reached
+    step: jax.Array | None = None  # [B] float32: the last step size η_b / α_k of each sample
     # Optional trajectory (record=True): iterates[k] = A_k for k = 0..K (frozen samples repeat), residuals[k] = r_k
     # (NaN once a sample has stopped), lookaheads[k] = Ã_k.
     iterates: jax.Array | None = None  # [K+1, B, H, D]
@@ -51,6 +61,13 @@ def normalized_residual(field: jax.Array, dim_mask: jax.Array | None) -> jax.Arr
     return jnp.sqrt(jnp.sum(jnp.square(field) * m, axis=(-2, -1)) / n)
 
 
+def _bb_step(s: jax.Array, y: jax.Array, lo, hi) -> jax.Array:
+    """Per-sample Barzilai–Borwein (long) step clip(sᵀs / sᵀy, lo, hi); ``lo`` where the curvature sᵀy ≤ 0."""
+    ss = jnp.sum(s * s, axis=(-2, -1))
+    sy = jnp.sum(s * y, axis=(-2, -1))
+    return jnp.where(sy > 0, jnp.clip(ss / jnp.where(sy > 0, sy, 1.0), lo, hi), lo)
+
+
 def solve(
     field_fn: FieldFn,
     init: jax.Array,
@@ -61,22 +78,25 @@ def solve(
     momentum: jax.Array | float | None = None,
     threshold: jax.Array | float | None = None,
     max_iters: jax.Array | int | None = None,
+    guard: jax.Array | bool | None = None,
     record: bool = False,
 ) -> SolveResult:
     """Runs the solver from ``init [B, H, D]``.
 
-    ``config.variant`` and ``record`` are static. ``step_size``, ``momentum``, ``threshold`` and ``max_iters`` default
-    to the config's values and may be traced arrays, so one compiled decoder serves every ε / budget (with
-    ``record=True`` the trajectory buffers are sized by ``config.max_iters``, which then also caps the loop).
+    ``config.variant`` and ``record`` are static. ``step_size``, ``momentum``, ``threshold``, ``max_iters`` and
+    ``guard`` default to the config's values and may be traced arrays, so one compiled decoder serves every setting
+    (with ``record=True`` the trajectory buffers are sized by ``config.max_iters``, which then also caps the loop).
     A threshold <= 0 never stops early.
     """
     eta = jnp.asarray(config.step_size if step_size is None else step_size, jnp.float32)
     mu = jnp.asarray(config.momentum if momentum is None else momentum, jnp.float32)
     eps = jnp.asarray(config.threshold if threshold is None else threshold, jnp.float32)
     k_max = jnp.asarray(config.max_iters if max_iters is None else max_iters, jnp.int32)
+    use_guard = jnp.asarray(config.guard if guard is None else guard, bool)
     if record:
         k_max = jnp.minimum(k_max, config.max_iters)
     variant = config.variant
+    bb_lo, bb_hi = config.bb_min_step, config.bb_max_step
     if config.residual_dims == "all":
         dim_mask = None
 
@@ -85,25 +105,33 @@ def solve(
     bcast = lambda v: v[:, None, None]
 
     def cond(carry):
-        k, _, _, _, _, active = carry[:6]
+        k, active = carry[0], carry[7]
         return (k < k_max) & jnp.any(active)
 
     def body(carry):
-        k, a, a_prev, r, iters, active = carry[:6]
-        look = a if variant == "gd" else a + mu * (a - a_prev)
+        k, a, a_prev, f_prev, r, step, iters, active, plain = carry[:9]
+        look = a if variant in ("gd", "bb") else a + mu * (a - a_prev)
         f = field_fn(look).astype(jnp.float32)
         r_now = normalized_residual(f, dim_mask)
         conv = active & (eps > 0) & (r_now < eps)
-        step_from = look if variant == "nesterov" else a
-        a_step = step_from - eta * f
+        if variant == "bb":
+            step = jnp.where(iters == 0, eta, _bb_step(a - a_prev, f - f_prev, bb_lo, bb_hi))
+            restart = jnp.zeros_like(active)
+        else:
+            restart = active & use_guard & (iters > 0) & (r_now > r)
+            step = jnp.where(restart & plain, 0.5 * step, step)  # grew without momentum: the step is too large
+            plain = restart | (variant == "gd")
+        a_step = (look if variant == "nesterov" else a) - bcast(step) * f
         moving = active & ~conv
         a_next = jnp.where(bcast(moving), a_step, jnp.where(bcast(conv), look, a))
-        a_prev_next = jnp.where(bcast(moving), a, jnp.where(bcast(conv), look, a_prev))
+        a_prev_next = jnp.where(bcast(moving & ~restart), a, jnp.where(bcast(moving), a_next, look))
+        a_prev_next = jnp.where(bcast(active), a_prev_next, a_prev)
+        f_prev = jnp.where(bcast(active), f, f_prev)
         r = jnp.where(active, r_now, r)
         iters = iters + active.astype(jnp.int32)
-        out = (k + 1, a_next, a_prev_next, r, iters, active & ~conv)
+        out = (k + 1, a_next, a_prev_next, f_prev, r, step, iters, active & ~conv, plain)
         if record:
-            traj, looks, res = carry[6:]
+            traj, looks, res = carry[9:]
             traj = traj.at[k + 1].set(a_next)
             looks = looks.at[k].set(look)
             res = res.at[k].set(jnp.where(active, r_now, jnp.nan))
@@ -114,9 +142,12 @@ def solve(
         jnp.int32(0),
         a0,
         a0,
+        jnp.zeros_like(a0),
         jnp.full((b,), jnp.inf, jnp.float32),
+        jnp.broadcast_to(eta, (b,)),
         jnp.zeros((b,), jnp.int32),
         jnp.ones((b,), bool),
+        jnp.ones((b,), bool),  # Ã_k is momentum-free (A_{−1} = A_0)
     )
     if record:
         k_cap = config.max_iters
@@ -125,10 +156,10 @@ def solve(
         res = jnp.full((k_cap, b), jnp.nan, jnp.float32)
         carry = carry + (traj, looks, res)
     out = jax.lax.while_loop(cond, body, carry)
-    k, a, _, r, iters, active = out[:6]
-    result = SolveResult(actions=a, iterations=iters, residual=r, converged=~active)
+    k, a, _, _, r, step, iters, active = out[:8]
+    result = SolveResult(actions=a, iterations=iters, residual=r, converged=~active, step=step)
     if record:
-        traj, looks, res = out[6:]
+        traj, looks, res = out[9:]
         # Frozen samples keep their final iterate in the rest of the trajectory buffer.
         steps = jnp.arange(traj.shape[0])[:, None]
         filled = steps <= iters[None, :]

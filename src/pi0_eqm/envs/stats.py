@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import math
 from statistics import NormalDist
+from typing import Any
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -38,3 +40,52 @@ def success_summary(successes: int, n: int, confidence: float = 0.95) -> dict[st
         "success_rate": successes / n if n else None,
         f"ci{round(confidence * 100):d}": [lo, hi],
     }
+
+
+def paired_comparison(a: Sequence[bool], b: Sequence[bool], confidence: float = 0.95) -> dict[str, Any]:
+    """Two policies on the same episodes (``a[i]`` and ``b[i]`` are the outcomes of episode ``i``).
+
+    Returns the two success rates, their difference ``a − b`` with a normal-approximation CI on the per-episode
+    differences, the discordant counts (``a_only``: a succeeded, b failed; ``b_only``) and McNemar's exact two-sided
+    p-value (binomial test on the discordant pairs; 1.0 when there are none).
+    """
+    from scipy.stats import binomtest
+
+    a = [bool(x) for x in a]
+    b = [bool(x) for x in b]
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long, non-empty outcome lists, got {len(a)} and {len(b)}")
+    n = len(a)
+    d = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    half = z * math.sqrt(var / n)
+    a_only = sum(x > 0 for x in d)
+    b_only = sum(x < 0 for x in d)
+    p = binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {
+        "n": n,
+        "rate_a": sum(a) / n,
+        "rate_b": sum(b) / n,
+        "diff": mean,
+        f"diff_ci{round(confidence * 100):d}": [mean - half, mean + half],
+        "a_only": a_only,
+        "b_only": b_only,
+        "mcnemar_p": float(min(1.0, p)),
+    }
+
+
+def seed_mean_interval(rates: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-seed success rates with a Student-t interval across seeds: ``(mean, lo, hi)``."""
+    from scipy.stats import t as student_t
+
+    n = len(rates)
+    if n == 0:
+        raise ValueError("need at least one rate")
+    mean = sum(rates) / n
+    if n == 1:
+        return mean, float("nan"), float("nan")
+    sd = math.sqrt(sum((r - mean) ** 2 for r in rates) / (n - 1))
+    half = float(student_t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half

@@ -2,8 +2,10 @@
 
 For EqM the policy keeps, per client session, the previous chunk and warm-starts the next solve from it (aligned shift
 by the number of actions executed since, or the paper's half-chunk rule); ``reset(session)`` (episode reset) drops it.
-Decoder settings (ε, max iterations, step size, momentum, solver variant, warm-start mode, executed actions) are set at
-construction and can be overridden per request with a ``"decoder_settings"`` dict in the observation.
+Decoder settings (solver preset, ε, max iterations, step size, momentum, solver variant, guard, warm-start mode,
+executed actions) are set at construction and can be overridden per request with a ``"decoder_settings"`` dict in the
+observation. Only the solver variant is compiled in: one compiled decode function per variant serves every ε, cap,
+η, μ and guard (they are traced arguments).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from pi0_eqm.data import transforms as _t
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.config import EqmConfig
+from pi0_eqm.decoders.config import FlowConfig
+from pi0_eqm.decoders.config import SolverPreset
+from pi0_eqm.decoders.config import SolverVariant
+from pi0_eqm.decoders.config import WarmStartMode
+from pi0_eqm.decoders.config import check_solver_values
+from pi0_eqm.decoders.config import solver_preset
 from pi0_eqm.decoders.warm_start import MODES as WARM_START_MODES
 from pi0_eqm.decoders.warm_start import warm_start_init
 from pi0_eqm.errors import InvalidRequestError
@@ -33,12 +41,14 @@ SETTINGS_KEY = "decoder_settings"
 
 @dataclasses.dataclass(frozen=True)
 class PolicySettings:
-    max_iters: int | None = None  # EqM iteration cap / flow Euler steps (None: the config's)
+    preset: SolverPreset | None = None  # EqM solver preset (action | paper | bb): fills the fields left unset
+    max_iters: int | None = None  # EqM iteration cap / flow Euler steps (None: the preset's, else the config's)
     threshold: float | None = None  # EqM ε (None: the config's; <= 0: never stop early)
-    step_size: float | None = None
-    momentum: float | None = None
-    variant: str | None = None  # nesterov | eqm_nag | gd
-    warm_start: str = "aligned"  # off | paper_half | aligned (EqM only)
+    step_size: float | None = None  # η
+    momentum: float | None = None  # μ
+    variant: SolverVariant | None = None
+    guard: bool | None = None  # EqM step guard (restart momentum / halve η when the residual grows)
+    warm_start: WarmStartMode = "aligned"  # EqM only
     executed: int = 5  # actions executed from a chunk before the next request (openpi LIBERO: replan every 5)
     max_reuse: int | None = None
 
@@ -47,18 +57,12 @@ class PolicySettings:
             raise ValueError(f"warm_start must be one of {WARM_START_MODES}, got {self.warm_start!r}")
         if not isinstance(self.executed, int) or self.executed < 0:
             raise ValueError(f"executed must be an int >= 0, got {self.executed!r}")
-        if self.max_iters is not None and (not isinstance(self.max_iters, int) or not 1 <= self.max_iters <= 10_000):
-            raise ValueError(f"max_iters must be an int in [1, 10000], got {self.max_iters!r}")
-        for name in ("threshold", "step_size", "momentum"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int | float) or not np.isfinite(v)):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        if self.step_size is not None and self.step_size <= 0:
-            raise ValueError(f"step_size must be > 0, got {self.step_size}")
-        if self.momentum is not None and not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.variant is not None and self.variant not in ("nesterov", "eqm_nag", "gd"):
-            raise ValueError(f"variant must be 'nesterov', 'eqm_nag' or 'gd', got {self.variant!r}")
+        if self.preset is not None:
+            solver_preset(self.preset)
+        if self.guard is not None and not isinstance(self.guard, bool):
+            raise ValueError(f"guard must be true or false, got {self.guard!r}")
+        check_solver_values(variant=self.variant, step_size=self.step_size, momentum=self.momentum,
+                            max_iters=self.max_iters, threshold=self.threshold)
 
     def updated(self, overrides: Mapping[str, Any] | None) -> PolicySettings:
         if not overrides:
@@ -79,9 +83,24 @@ class PolicySettings:
         except (TypeError, ValueError) as e:
             raise InvalidRequestError(f"bad {SETTINGS_KEY}: {e}") from e
 
-    def decode_settings(self) -> DecodeSettings:
-        return DecodeSettings(max_iters=self.max_iters, threshold=self.threshold, step_size=self.step_size,
-                              momentum=self.momentum, variant=self.variant)
+    def decode_settings(self, decoder_config: EqmConfig | FlowConfig | None = None) -> DecodeSettings:
+        """The decoder settings; with ``decoder_config``, every field is resolved (explicit value, else the preset's,
+        else the config's), so the compiled decode function sees the same structure for every request."""
+        base = solver_preset(self.preset) if self.preset is not None else None
+
+        def pick(name):
+            value = getattr(self, name)
+            return getattr(base, name) if value is None and base is not None else value
+
+        ds = DecodeSettings(max_iters=pick("max_iters"), threshold=pick("threshold"), step_size=pick("step_size"),
+                            momentum=pick("momentum"), variant=pick("variant"), guard=pick("guard"))
+        if decoder_config is None:
+            return ds
+        if isinstance(decoder_config, FlowConfig):
+            return DecodeSettings(max_iters=self.max_iters or decoder_config.num_steps)
+        solver = decoder_config.solver
+        return DecodeSettings(**{f.name: getattr(solver, f.name) if getattr(ds, f.name) is None else getattr(ds, f.name)
+                                 for f in dataclasses.fields(DecodeSettings)})
 
 
 @dataclasses.dataclass
@@ -108,7 +127,7 @@ class Policy:
         self._rng = jax.random.key(seed)
         self._sessions: dict[Any, _Session] = {}
         self._lock = threading.Lock()
-        self._decode_cache: dict[DecodeSettings, Any] = {}
+        self._decode_cache: dict[str | None, Any] = {}
 
     # -------------------------------------------------------------------------------------------- state
     def reset(self, session: Any = None) -> None:
@@ -119,18 +138,27 @@ class Policy:
         with self._lock:
             return self._sessions.setdefault(session, _Session())
 
-    def _decode_fn(self, ds: DecodeSettings):
-        fn = self._decode_cache.get(ds)
+    def _decode_fn(self, variant: str | None):
+        """One compiled decode per solver variant; every other setting is a traced argument (``knobs``)."""
+        fn = self._decode_cache.get(variant)
         if fn is None:
             dec = self._decoder
 
             @jax.jit
-            def fn(params, obs, rng, init):
+            def fn(params, obs, rng, init, knobs):
+                ds = DecodeSettings(variant=variant, **knobs)
                 actions, stats = dec.decode(params, obs, rng, init=init, settings=ds)
                 return actions, stats.iterations, stats.residual, stats.converged
 
-            self._decode_cache[ds] = fn
+            self._decode_cache[variant] = fn
         return fn
+
+    def knobs(self, ds: DecodeSettings) -> dict[str, np.ndarray]:
+        """The traced arguments of the compiled decode for resolved settings ``ds``."""
+        if not self._is_eqm:
+            return {"max_iters": np.int32(ds.max_iters)}
+        return {"max_iters": np.int32(ds.max_iters), "threshold": np.float32(ds.threshold),
+                "step_size": np.float32(ds.step_size), "momentum": np.float32(ds.momentum), "guard": np.bool_(ds.guard)}
 
     # -------------------------------------------------------------------------------------------- infer
     def infer(self, obs: dict, session: Any = None) -> dict:
@@ -154,8 +182,9 @@ class Policy:
             # The previous chunk was re-expressed for the new state, so it is already aligned to "now + 0" in the
             # delta sense; the shift by the executed actions happens on the time axis here.
             init = warm_start_init(prev_model, settings.executed, noise, settings.warm_start, settings.max_reuse)
-        actions, iters, residual, converged = self._decode_fn(settings.decode_settings())(
-            self.params, model_obs, rng, init)
+        ds = settings.decode_settings(cfg.decoder)
+        actions, iters, residual, converged = self._decode_fn(ds.variant)(
+            self.params, model_obs, rng, init, self.knobs(ds))
         actions = np.asarray(jax.device_get(actions))[0]
         infer_ms = (time.perf_counter() - t0) * 1e3
         outputs = self._outputs({"state": inputs["state"], "actions": actions, "raw_state": state_raw})

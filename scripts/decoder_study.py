@@ -1,0 +1,198 @@
+"""Flow vs EqM on the embedded Meta-World benchmark at matched budgets, over several training seeds, paired.
+
+    uv run scripts/decoder_study.py                                 # the default arms, seeds 42 43 44
+    uv run scripts/decoder_study.py --arms eqm-10 flow-10 --seeds 42
+
+Every arm is (decoder, EqM training variant, decoder settings). Each (arm, seed) trains its checkpoint if missing
+(``checkpoints/<config>/<exp>``: ``main`` for seed 42, ``seed<N>`` otherwise, ``<variant>_s<N>`` for EqM training
+variants) and is evaluated on the same held-out episodes (evaluation seed 1000, episode e of task t), so arms are
+compared pairwise on identical initial states. Per-(arm, seed) results are cached under ``<out>/runs`` (re-running
+resumes). Prints and writes ``<out>/decoder_study.{json,png}``: per arm, success pooled over all episodes with a
+Wilson 95% CI, the per-seed rates with a Student-t CI across seeds, mean expert forwards per chunk and latency; and
+the paired comparisons (difference with CI, McNemar's exact test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from pi0_eqm.benchmarks import metaworld as bench  # noqa: E402
+from pi0_eqm.envs.stats import paired_comparison  # noqa: E402
+from pi0_eqm.envs.stats import seed_mean_interval  # noqa: E402
+from pi0_eqm.envs.stats import success_summary  # noqa: E402
+from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
+from pi0_eqm.policies.policy import PolicySettings  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    decoder: str  # "eqm" | "flow"
+    settings: dict  # PolicySettings fields (executed is set from --replan-every)
+    variant: str = "default"  # EqM training variant (bench.EQM_TRAIN_VARIANTS)
+
+
+ARMS: dict[str, Arm] = {
+    **{f"flow-{k}": Arm("flow", {"max_iters": k, "warm_start": "off"}) for k in (5, 10, 20, 300)},
+    **{f"eqm-{k}": Arm("eqm", {"preset": "action", "max_iters": k}) for k in (5, 10, 20)},
+    "eqm-paper-300": Arm("eqm", {"preset": "paper"}),
+    "eqm-bb-10": Arm("eqm", {"preset": "bb"}),
+    "eqm-eta03-10": Arm("eqm", {"preset": "action", "step_size": 0.03, "momentum": 0.3}),  # less converged at 10
+    "eqm-mix-10": Arm("eqm", {"preset": "action"}, "mix"),
+    "eqm-real-10": Arm("eqm", {"preset": "action"}, "real"),
+    "eqm-mix_real-10": Arm("eqm", {"preset": "action"}, "mix_real"),
+}
+DEFAULT_ARMS = ("flow-5", "flow-10", "flow-20", "flow-300", "eqm-5", "eqm-10", "eqm-20", "eqm-paper-300")
+# (a, b) pairs tested on the same episodes, when both arms ran.
+PAIRS = (("eqm-10", "eqm-paper-300"), ("eqm-5", "flow-5"), ("eqm-10", "flow-10"), ("eqm-20", "flow-20"),
+         ("eqm-paper-300", "flow-300"), ("eqm-bb-10", "eqm-10"), ("eqm-eta03-10", "eqm-10"), ("eqm-mix-10", "eqm-10"), ("eqm-real-10", "eqm-10"),
+         ("eqm-mix_real-10", "eqm-10"))
+CONFIGS = {"eqm": "pi0_eqm_metaworld", "flow": "pi0_metaworld"}
+
+
+@dataclasses.dataclass
+class Args:
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    seeds: tuple[int, ...] = (42, 43, 44)
+    episodes_per_task: int = 20
+    eval_seed: int = 1000
+    replan_every: int = 8
+    max_steps: int = 200
+    demos_per_task: int = 10
+    out: str = "results/decoder_study"
+    checkpoint_base_dir: str = "./checkpoints"
+    assets_base_dir: str = "./assets"
+    progress: bool = True
+
+
+def exp_name(arm: Arm, seed: int) -> str:
+    if arm.variant != "default":
+        return f"{arm.variant}_s{seed}"
+    return "main" if seed == 42 else f"seed{seed}"
+
+
+def run_arm(args: Args, name: str, seed: int, data_path: str) -> dict:
+    """Trains (if needed) and evaluates one (arm, seed); cached in ``<out>/runs/<arm>/seed<seed>.json``."""
+    cache = Path(args.out) / "runs" / name / f"seed{seed}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("episodes_per_task") == args.episodes_per_task and cached.get("eval_seed") == args.eval_seed:
+            return cached
+    arm = ARMS[name]
+    cfg = bench.configure_run(CONFIGS[arm.decoder], data_path, exp_name=exp_name(arm, seed), seed=seed,
+                              checkpoint_base_dir=args.checkpoint_base_dir, assets_base_dir=args.assets_base_dir,
+                              decoder_updates=bench.EQM_TRAIN_VARIANTS[arm.variant] if arm.decoder == "eqm" else None)
+    bench.train_or_reuse(cfg, False, args.progress)
+    settings = PolicySettings(**arm.settings, executed=args.replan_every)
+    policy = bench.load_policy(cfg, cfg.checkpoint_dir, settings)
+    res = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,
+                                seed=args.eval_seed, max_steps=args.max_steps, progress=args.progress)
+    episodes = [{"task": e["task"], "episode": e["episode"], "success": bool(e["success"]), "steps": e["steps"],
+                 "forwards": e["stats"].get("solver/iterations", []), "latency_s": e["latency_s"]}
+                for e in res["episodes"]]
+    out = {"arm": name, "seed": seed, "checkpoint": str(cfg.checkpoint_dir), "settings": dataclasses.asdict(settings),
+           "episodes_per_task": args.episodes_per_task, "eval_seed": args.eval_seed, "episodes": episodes}
+    bench.save_json(cache, out)
+    return out
+
+
+def summarize(name: str, runs: list[dict]) -> dict:
+    eps = [e for r in runs for e in r["episodes"]]
+    forwards = [x for e in eps for x in e["forwards"]]
+    lat = [x for e in eps for x in e["latency_s"]]
+    per_seed = {r["seed"]: float(np.mean([e["success"] for e in r["episodes"]])) for r in runs}
+    mean, lo, hi = seed_mean_interval(list(per_seed.values()))
+    per_task = {t: float(np.mean([e["success"] for e in eps if e["task"] == t])) for t in DEFAULT_TASKS}
+    return {**success_summary(sum(e["success"] for e in eps), len(eps)), "per_seed": per_seed,
+            "seed_mean": mean, "seed_ci95": [lo, hi], "forwards_mean": float(np.mean(forwards)),
+            "latency_ms_mean": 1e3 * float(np.mean(lat)), "per_task": per_task}
+
+
+def outcomes(runs: list[dict]) -> dict[tuple, bool]:
+    return {(r["seed"], e["task"], e["episode"]): e["success"] for r in runs for e in r["episodes"]}
+
+
+def plot(path: Path, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for dec, color in (("flow", "tab:blue"), ("eqm", "tab:orange")):
+        names = [n for n in summary if n.startswith(f"{dec}-") and n.split("-")[-1].isdigit()
+                 and ARMS[n].variant == "default" and ("preset" not in ARMS[n].settings
+                                                        or ARMS[n].settings["preset"] == "action")]
+        names.sort(key=lambda n: summary[n]["forwards_mean"])
+        xs = [summary[n]["forwards_mean"] for n in names]
+        ys = [summary[n]["success_rate"] for n in names]
+        err = np.array([[y - summary[n]["ci95"][0], summary[n]["ci95"][1] - y] for n, y in zip(names, ys, strict=True)]).T
+        if names:
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=color, label=f"{dec} (Wilson 95% CI)")
+    for n, marker in (("eqm-paper-300", "s"), ("eqm-bb-10", "^")):
+        if n in summary:
+            s = summary[n]
+            ax.errorbar([s["forwards_mean"]], [s["success_rate"]],
+                        yerr=[[s["success_rate"] - s["ci95"][0]], [s["ci95"][1] - s["success_rate"]]],
+                        marker=marker, capsize=3, color="tab:red" if n.endswith("300") else "tab:green", label=n)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean expert forwards per chunk")
+    ax.set_ylabel("success (all seeds, all episodes)")
+    ax.set_title("Meta-World, held-out configurations")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: Args) -> dict:
+    from pi0_eqm.envs.demos import generate_dataset
+    from pi0_eqm.training.data_config import data_home
+
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; expected some of {sorted(ARMS)}")
+    if not args.seeds:
+        raise ValueError("--seeds must name at least one training seed")
+    vd = generate_dataset(data_home() / "metaworld", tasks=DEFAULT_TASKS, episodes_per_task=args.demos_per_task,
+                          resolution=64, progress=args.progress)
+    data_path = str(vd.parent.resolve())
+    runs = {a: [run_arm(args, a, s, data_path) for s in args.seeds] for a in args.arms}
+    summary = {a: summarize(a, rs) for a, rs in runs.items()}
+    pairs = {}
+    for a, b in PAIRS:
+        if a in runs and b in runs:
+            oa, ob = outcomes(runs[a]), outcomes(runs[b])
+            keys = sorted(oa)
+            pairs[f"{a} vs {b}"] = paired_comparison([oa[k] for k in keys], [ob[k] for k in keys])
+    n_ep = len(DEFAULT_TASKS) * args.episodes_per_task
+    print(f"\n{len(args.seeds)} training seeds × {n_ep} held-out episodes (seed {args.eval_seed})")
+    head = f"{'arm':<18}{'success':>8}  {'Wilson 95% CI':<15}{'per seed':<20}{'seed-mean t95 CI':<19}{'fwd':>6}{'ms':>6}"
+    print(head + "\n" + "-" * len(head))
+    for a, s in summary.items():
+        seeds = " ".join(f"{v:.2f}" for v in s["per_seed"].values())
+        print(f"{a:<18}{s['success_rate']:>8.3f}  [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]   {seeds:<20}"
+              f"[{s['seed_ci95'][0]:.2f}, {s['seed_ci95'][1]:.2f}]      {s['forwards_mean']:>6.1f}"
+              f"{s['latency_ms_mean']:>6.0f}")
+    print("\npaired (same seeds and episodes): a − b, 95% CI, discordant a-only/b-only, McNemar exact p")
+    for k, p in pairs.items():
+        print(f"  {k:<34}{p['diff']:+.3f} [{p['diff_ci95'][0]:+.3f}, {p['diff_ci95'][1]:+.3f}]  "
+              f"{p['a_only']:>3}/{p['b_only']:<3}  p={p['mcnemar_p']:.3g}")
+    out = Path(args.out)
+    bench.save_json(out / "decoder_study.json", {"args": dataclasses.asdict(args), "summary": summary,
+                                                 "paired": pairs})
+    plot(out / "decoder_study.png", summary)
+    print(f"results: {out}/decoder_study.json, {out}/decoder_study.png")
+    return {"summary": summary, "paired": pairs}
+
+
+if __name__ == "__main__":
+    from pi0_eqm.cli import run
+
+    run(main, Args)

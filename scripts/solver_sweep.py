@@ -1,0 +1,90 @@
+"""Offline EqM solver sweep on held-out expert states of the embedded benchmark (no closed loop).
+
+    uv run scripts/solver_sweep.py --checkpoint checkpoints/pi0_eqm_metaworld/main
+
+For every solver setting: mean expert forwards per chunk, fraction that reached ε, final residual, and the chunk's
+RMS distance (normalized actions, real dims) to the expert's chunk and to the ``paper`` preset's 300-forward chunk
+from the same noise. Writes ``<out>/solver_sweep.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from pi0_eqm.analysis import offline  # noqa: E402
+from pi0_eqm.benchmarks import metaworld as bench  # noqa: E402
+from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
+from pi0_eqm.policies.policy import PolicySettings  # noqa: E402
+from pi0_eqm.training.config import get_config  # noqa: E402
+
+# name → PolicySettings; the "paper" row is also the reference chunk.
+SETTINGS = {
+    "paper (η .003, μ .3, ≤300)": PolicySettings(preset="paper"),
+    "paper, never stop (300)": PolicySettings(preset="paper", threshold=0.0),
+    "nesterov η .05 μ .5 ≤5": PolicySettings(preset="action", max_iters=5),
+    "nesterov η .05 μ .5 ≤10": PolicySettings(preset="action"),
+    "nesterov η .05 μ .5 ≤20": PolicySettings(preset="action", max_iters=20),
+    "nesterov ≤10, no guard": PolicySettings(preset="action", guard=False),
+    "nesterov η .03 μ .3 ≤10": PolicySettings(preset="action", step_size=0.03, momentum=0.3),
+    "nesterov η .08 μ .5 ≤10": PolicySettings(preset="action", step_size=0.08),
+    "nesterov η .2 μ .5 ≤10 (guard)": PolicySettings(preset="action", step_size=0.2),
+    "nesterov η .2 μ .5 ≤10, no guard": PolicySettings(preset="action", step_size=0.2, guard=False),
+    "gd η .05 ≤10": PolicySettings(preset="action", variant="gd"),
+    "bb ≤5": PolicySettings(preset="bb", max_iters=5),
+    "bb ≤10": PolicySettings(preset="bb"),
+    "bb ≤20": PolicySettings(preset="bb", max_iters=20),
+    "nesterov ≤10, ε 3e-2": PolicySettings(preset="action", threshold=3e-2),
+    "nesterov ≤10, ε 1e-1": PolicySettings(preset="action", threshold=1e-1),
+    "nesterov ≤10, never stop": PolicySettings(preset="action", threshold=0.0),
+}
+
+
+@dataclasses.dataclass
+class Args:
+    checkpoint: str = "checkpoints/pi0_eqm_metaworld/main"
+    config: str = "pi0_eqm_metaworld"
+    seed: int = 2000  # held out from demos (0) and closed-loop evaluation (1000)
+    episodes_per_task: int = 2
+    every: int = 8
+    out: str = "results/solver_sweep"
+
+
+def main(args: Args) -> dict:
+    cfg = get_config(args.config)
+    policy = bench.load_policy(cfg, args.checkpoint, PolicySettings())
+    states = offline.expert_states(DEFAULT_TASKS, seed=args.seed, episodes_per_task=args.episodes_per_task,
+                                   horizon=cfg.model.action_horizon, every=args.every,
+                                   resolution=cfg.model.image_resolution[0])
+    real = cfg.model.real_action_dim or cfg.model.action_dim
+    expert = offline.expert_model_chunks(policy, states)
+    runs = {name: offline.batched_decode(policy, states, s) for name, s in SETTINGS.items()}
+    ref = runs["paper, never stop (300)"]["actions"]
+    rows = {}
+    for name, r in runs.items():
+        rows[name] = {
+            "forwards_mean": float(np.mean(r["iterations"])),
+            "reached_eps": float(np.mean(r["converged"])),
+            "residual_median": float(np.median(r["residual"])),
+            "err_vs_expert": float(np.mean(offline.chunk_errors(r["actions"], expert, real))),
+            "err_vs_300": float(np.mean(offline.chunk_errors(r["actions"], ref, real))),
+        }
+    head = f"{'setting':<36}{'forwards':>9}{'reached':>9}{'resid p50':>11}{'vs expert':>11}{'vs 300-it':>11}"
+    print(f"{len(states)} held-out expert states (seed {args.seed}, {args.episodes_per_task} episodes/task)")
+    print(head + "\n" + "-" * len(head))
+    for name, r in rows.items():
+        print(f"{name:<36}{r['forwards_mean']:>9.1f}{r['reached_eps']:>9.2f}{r['residual_median']:>11.4f}"
+              f"{r['err_vs_expert']:>11.3f}{r['err_vs_300']:>11.3f}")
+    bench.save_json(os.path.join(args.out, "solver_sweep.json"),
+                    {"args": dataclasses.asdict(args), "num_states": len(states), "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    from pi0_eqm.cli import run
+
+    run(main, Args)

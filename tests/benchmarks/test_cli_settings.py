@@ -1,0 +1,37 @@
+"""Wrong decoder settings on the command line: a one-line error naming the value, exit code 2, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.benchmarks.conftest import REPO
+
+BAD = [
+    (["--step-size", "0"], "step_size (η) must be > 0"),
+    (["--step-size", "-0.01"], "step_size (η) must be > 0"),
+    (["--momentum", "1"], "momentum (μ) must be in [0, 1)"),
+    (["--variant", "adam"], "adam"),
+    (["--preset", "fast"], "fast"),
+    (["--max-iters", "0"], "max_iters must be an int"),
+]
+SCRIPTS = {
+    "eval.py": ["--config", "pi0_eqm_metaworld", "--checkpoint", "does-not-exist"],
+    "serve_policy.py": ["--config", "pi0_eqm_metaworld", "--checkpoint", "does-not-exist"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+@pytest.mark.parametrize("flags, message", BAD)
+def test_bad_solver_flags_exit_2_with_a_clear_message(script, flags, message):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *SCRIPTS[script], *flags],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_decoder_study_rejects_unknown_arms():
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "decoder_study.py"), "--arms", "eqm-7"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "unknown arms ['eqm-7']" in proc.stderr and "Traceback" not in proc.stderr

@@ -65,6 +65,9 @@ class Args:
     replan_every: int = 8
     max_steps: int = 200
     demos_per_task: int = 10
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    train_steps: int | None = None  # default: the configs' 1500
+    batch_size: int | None = None  # default: the configs' 32
     out: str = "results/decoder_study"
     checkpoint_base_dir: str = "./checkpoints"
     assets_base_dir: str = "./assets"
@@ -80,35 +83,39 @@ def exp_name(arm: Arm, seed: int) -> str:
 def run_arm(args: Args, name: str, seed: int, data_path: str) -> dict:
     """Trains (if needed) and evaluates one (arm, seed); cached in ``<out>/runs/<arm>/seed<seed>.json``."""
     cache = Path(args.out) / "runs" / name / f"seed{seed}.json"
+    key = {"episodes_per_task": args.episodes_per_task, "eval_seed": args.eval_seed, "tasks": list(args.tasks),
+           "replan_every": args.replan_every, "max_steps": args.max_steps}
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached.get("episodes_per_task") == args.episodes_per_task and cached.get("eval_seed") == args.eval_seed:
+        if all(cached.get(k) == v for k, v in key.items()):
             return cached
     arm = ARMS[name]
     cfg = bench.configure_run(CONFIGS[arm.decoder], data_path, exp_name=exp_name(arm, seed), seed=seed,
+                              train_steps=args.train_steps, batch_size=args.batch_size,
                               checkpoint_base_dir=args.checkpoint_base_dir, assets_base_dir=args.assets_base_dir,
                               decoder_updates=bench.EQM_TRAIN_VARIANTS[arm.variant] if arm.decoder == "eqm" else None)
     bench.train_or_reuse(cfg, False, args.progress)
     settings = PolicySettings(**arm.settings, executed=args.replan_every)
     policy = bench.load_policy(cfg, cfg.checkpoint_dir, settings)
     res = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,
-                                seed=args.eval_seed, max_steps=args.max_steps, progress=args.progress)
+                                seed=args.eval_seed, max_steps=args.max_steps, tasks=args.tasks,
+                                resolution=cfg.model.image_resolution[0], progress=args.progress)
     episodes = [{"task": e["task"], "episode": e["episode"], "success": bool(e["success"]), "steps": e["steps"],
                  "forwards": e["stats"].get("solver/iterations", []), "latency_s": e["latency_s"]}
                 for e in res["episodes"]]
     out = {"arm": name, "seed": seed, "checkpoint": str(cfg.checkpoint_dir), "settings": dataclasses.asdict(settings),
-           "episodes_per_task": args.episodes_per_task, "eval_seed": args.eval_seed, "episodes": episodes}
+           **key, "episodes": episodes}
     bench.save_json(cache, out)
     return out
 
 
-def summarize(name: str, runs: list[dict]) -> dict:
+def summarize(runs: list[dict], tasks) -> dict:
     eps = [e for r in runs for e in r["episodes"]]
     forwards = [x for e in eps for x in e["forwards"]]
     lat = [x for e in eps for x in e["latency_s"]]
     per_seed = {r["seed"]: float(np.mean([e["success"] for e in r["episodes"]])) for r in runs}
     mean, lo, hi = seed_mean_interval(list(per_seed.values()))
-    per_task = {t: float(np.mean([e["success"] for e in eps if e["task"] == t])) for t in DEFAULT_TASKS}
+    per_task = {t: float(np.mean([e["success"] for e in eps if e["task"] == t])) for t in tasks}
     return {**success_summary(sum(e["success"] for e in eps), len(eps)), "per_seed": per_seed,
             "seed_mean": mean, "seed_ci95": [lo, hi], "forwards_mean": float(np.mean(forwards)),
             "latency_ms_mean": 1e3 * float(np.mean(lat)), "per_task": per_task}
@@ -160,18 +167,18 @@ def main(args: Args) -> dict:
         raise ValueError(f"unknown arms {unknown}; expected some of {sorted(ARMS)}")
     if not args.seeds:
         raise ValueError("--seeds must name at least one training seed")
-    vd = generate_dataset(data_home() / "metaworld", tasks=DEFAULT_TASKS, episodes_per_task=args.demos_per_task,
+    vd = generate_dataset(data_home() / "metaworld", tasks=args.tasks, episodes_per_task=args.demos_per_task,
                           resolution=64, progress=args.progress)
     data_path = str(vd.parent.resolve())
     runs = {a: [run_arm(args, a, s, data_path) for s in args.seeds] for a in args.arms}
-    summary = {a: summarize(a, rs) for a, rs in runs.items()}
+    summary = {a: summarize(rs, args.tasks) for a, rs in runs.items()}
     pairs = {}
     for a, b in PAIRS:
         if a in runs and b in runs:
             oa, ob = outcomes(runs[a]), outcomes(runs[b])
             keys = sorted(oa)
             pairs[f"{a} vs {b}"] = paired_comparison([oa[k] for k in keys], [ob[k] for k in keys])
-    n_ep = len(DEFAULT_TASKS) * args.episodes_per_task
+    n_ep = len(args.tasks) * args.episodes_per_task
     print(f"\n{len(args.seeds)} training seeds × {n_ep} held-out episodes (seed {args.eval_seed})")
     head = f"{'arm':<18}{'success':>8}  {'Wilson 95% CI':<15}{'per seed':<20}{'seed-mean t95 CI':<19}{'fwd':>6}{'ms':>6}"
     print(head + "\n" + "-" * len(head))

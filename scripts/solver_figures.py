@@ -6,7 +6,7 @@
 
 Uses ``checkpoints/pi0_eqm_metaworld/main`` (the main job's model); if it is absent, trains a small model on the fly
 (a couple of minutes, under ``--workdir``). For each task, runs the policy closed loop for ``--num-chunks`` chunks,
-recording at each replanning point a cold solve and a warm-started one from the same noise (full 300-iteration
+recording at each replanning point a cold solve and a warm-started one from the same noise (full 60-iteration
 trajectories), and draws: residual vs k (cold vs warm) with the ε stop points, the chunk at several k against the
 expert's next actions, per-dimension convergence, residual vs distance to the expert (the stationarity–executability
 gap), iterations to ε cold vs warm over all replanning points, and closed-loop success at several ε.
@@ -84,7 +84,7 @@ def make_figures(args: Args) -> dict:
         recs = {"cold": rep.cold} | ({"warm (aligned)": rep.warm} if rep.warm is not None else {})
         shown = rep.warm if rep.warm is not None else rep.cold
         save(plots.plot_residuals(recs, args.thresholds, title=f"residual vs k — {where}"), f"residuals_{short}.png")
-        ks = [0, 50, 100, 150, 200, shown.num_iters]
+        ks = [0, 2, 5, 10, 20, shown.num_iters]
         save(plots.plot_chunk_iterates(shown, ks, expert=rep.expert, executed=args.replan_every,
                                        title=f"chunk iterates ({'warm' if rep.warm is not None else 'cold'} start) "
                                              f"vs expert — {where}"), f"chunk_iterates_{short}.png")

@@ -78,6 +78,10 @@ def test_returned_chunk_is_the_lookahead_at_the_stop_point():
     rec = _record([4.0, 3.0, 2.0, 1.0, 0.5], iterates, looks)
     np.testing.assert_array_equal(it.returned_chunk(rec, 2.5), looks[2])  # r_2 = 2 < 2.5
     np.testing.assert_array_equal(it.returned_chunk(rec, 0.1), iterates[-1])  # never reached: last iterate
+    # With a cap of 2 forwards the solve ends before r_2 < 2.5 and returns A_2; a cap past the stop changes nothing.
+    np.testing.assert_array_equal(it.returned_chunk(rec, 2.5, cap=2), iterates[2])
+    np.testing.assert_array_equal(it.returned_chunk(rec, 2.5, cap=3), looks[2])
+    np.testing.assert_array_equal(it.returned_chunk(rec, 0.1, cap=4), iterates[4])
 
 
 def test_solve_statistics_counts_the_budget_for_unreached_thresholds():

@@ -56,13 +56,13 @@ def test_closed_loop_records_on_a_real_env():
         # The warm init reuses the previous executed chunk shifted by 6 (real dims, model space) and the cold
         # solve's noise after it.
         np.testing.assert_array_equal(rep.warm.init[10:], rep.cold.init[10:])
-        prev_chunk = it.returned_chunk(prev.warm or prev.cold, 1e-2)
+        prev_chunk = it.returned_chunk(prev.warm or prev.cold, 1e-2, cap=10)
         np.testing.assert_allclose(it.to_robot(policy, rep.obs, rep.warm.init[:10]), prev_chunk[6:], atol=1e-5)
         np.testing.assert_allclose(rep.history, np.concatenate([prev.history, prev.executed]))
     for rep in reps:
         assert rep.executed.shape == (6, 4) and rep.expert.shape == (16, 4)
-        np.testing.assert_allclose(rep.executed, it.returned_chunk(rep.warm or rep.cold, 1e-2)[:6])
-        assert rep.cold.num_iters == 16
+        np.testing.assert_allclose(rep.executed, it.returned_chunk(rep.warm or rep.cold, 1e-2, cap=10)[:6])
+        assert rep.cold.num_iters == 16  # recorded past the policy's 10-forward cap, executed at the cap
     # Expert chunks come from the state the policy actually reached.
     with mw.MetaWorldEnv(TASK, seed=1000, max_steps=40) as sc:
         np.testing.assert_allclose(reps[2].expert, it.expert_chunk(sc, 0, reps[2].history, 16))

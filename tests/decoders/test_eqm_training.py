@@ -92,3 +92,65 @@ def test_tiny_pi0_training_reduces_loss_and_decodes(decoder):
     assert np.all(np.isfinite(np.asarray(actions)))
     assert stats.iterations.shape == (5,)
     assert int(stats.iterations.max()) <= (50 if isinstance(decoder, EqmConfig) else 5)
+
+
+# ------------------------------------------------------------------------------------------------ training options
+def test_uniform_gamma_draws_are_unchanged():
+    """The default ("uniform") draws γ exactly as before the options existed (same key → same γ)."""
+    from pi0_eqm.decoders.eqm import sample_gamma
+
+    key = jax.random.key(7)
+    np.testing.assert_array_equal(np.asarray(sample_gamma(key, 64, EqmConfig())),
+                                  np.asarray(jax.random.uniform(key, (64,), minval=0.0, maxval=1.0)))
+
+
+def test_data_mixture_puts_the_chosen_share_of_gamma_in_the_decay_region():
+    from pi0_eqm.decoders.eqm import sample_gamma
+
+    n = 20_000
+    uniform = np.asarray(sample_gamma(jax.random.key(0), n, EqmConfig()))
+    mixed = np.asarray(sample_gamma(jax.random.key(0), n, EqmConfig(gamma_sampling="data_mixture", data_fraction=0.5)))
+    assert np.all((mixed >= 0) & (mixed <= 1))
+    # P(γ > a) = 0.2 under U(0, 1); 0.5 + 0.5·0.2 = 0.6 under the 50/50 mixture with U(a, 1).
+    assert abs(np.mean(uniform > 0.8) - 0.2) < 0.02
+    assert abs(np.mean(mixed > 0.8) - 0.6) < 0.02
+    with pytest.raises(ValueError, match="gamma_sampling"):
+        EqmConfig(gamma_sampling="beta")
+    with pytest.raises(ValueError, match="data_fraction"):
+        EqmConfig(data_fraction=1.5)
+
+
+def test_real_dim_loss_ignores_padded_dims_and_decoding_keeps_them_zero():
+    cfg = model_config("pi0_tiny", EqmConfig(loss_dims="real", solver=SolverConfig(max_iters=3)), real_action_dim=4,
+                       image_resolution=(16, 16), action_horizon=4)
+    dec = make_decoder(cfg)
+    obs, actions, _ = toy.make_batch(cfg, 4, np.random.default_rng(0))
+    x, _, target = dec.training_example(actions, jax.random.key(1))
+    assert np.all(np.asarray(x)[..., 4:] == 0) and np.all(np.asarray(target)[..., 4:] == 0)
+    params = cfg.init(jax.random.key(0))
+    loss = dec.loss(params, obs, actions, jax.random.key(1))
+    # The per-token loss is the mean over the 4 real dims of the squared field error.
+    from pi0_eqm.models.pi0 import Pi0
+
+    f = dec.model.apply({"params": params}, obs, x, jnp.zeros((4,)), method=Pi0.full_field)
+    np.testing.assert_allclose(np.asarray(loss), np.mean(np.square(np.asarray(f - target))[..., :4], -1), rtol=1e-5)
+    out, _ = dec.decode(params, obs, jax.random.key(2))
+    assert np.all(np.asarray(out)[..., 4:] == 0) and np.any(np.asarray(out)[..., :4] != 0)
+
+
+def test_flow_steps_are_traced_and_match_the_static_scan():
+    """Flow's Euler step count reaches the decoder as a traced value (one compile for any count) and gives exactly
+    the chunk of the static ``lax.scan`` path (the one ``record=True`` uses)."""
+    from pi0_eqm.decoders.base import DecodeSettings
+
+    cfg = model_config("pi0_tiny", FlowConfig(), real_action_dim=4, image_resolution=(16, 16), action_horizon=4)
+    dec = make_decoder(cfg)
+    params = cfg.init(jax.random.key(0))
+    obs, _, _ = toy.make_batch(cfg, 2, np.random.default_rng(0))
+    traced = jax.jit(lambda p, o, r, n: dec.decode(p, o, r, settings=DecodeSettings(max_iters=n)))
+    for n in (3, 10):
+        a, stats = traced(params, obs, jax.random.key(1), jnp.int32(n))
+        b, _ = dec.decode(params, obs, jax.random.key(1), settings=DecodeSettings(max_iters=n), record=True)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert stats.iterations.tolist() == [n, n]
+    assert traced._cache_size() == 1

@@ -55,3 +55,29 @@ def test_success_summary():
     assert s["ci95"] == list(wilson_interval(7, 10))
     assert math.isclose(success_summary(1, 4, confidence=0.9)["ci90"][0], wilson_interval(1, 4, 0.9)[0])
     assert success_summary(0, 0)["success_rate"] is None
+
+
+def test_paired_comparison_counts_discordant_pairs_and_mcnemar():
+    from pi0_eqm.envs.stats import paired_comparison
+
+    a = [True] * 10 + [False] * 2 + [True] * 8
+    b = [False] * 10 + [True] * 2 + [True] * 8
+    p = paired_comparison(a, b)
+    assert (p["n"], p["a_only"], p["b_only"]) == (20, 10, 2)
+    assert p["rate_a"] == pytest.approx(0.9) and p["rate_b"] == pytest.approx(0.5) and p["diff"] == pytest.approx(0.4)
+    assert p["mcnemar_p"] == pytest.approx(0.03857, abs=1e-4)  # exact binomial: 2·P(X ≤ 2 | n=12, 1/2)
+    lo, hi = p["diff_ci95"]
+    assert lo < 0.4 < hi and lo > 0
+    same = paired_comparison(a, a)
+    assert same["diff"] == 0 and same["mcnemar_p"] == 1.0 and same["diff_ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="equally long"):
+        paired_comparison([True], [True, False])
+
+
+def test_seed_mean_interval():
+    from pi0_eqm.envs.stats import seed_mean_interval
+
+    mean, lo, hi = seed_mean_interval([0.7, 0.8, 0.9])
+    assert mean == pytest.approx(0.8)
+    assert (hi - lo) / 2 == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) · sd / √n
+    assert math.isnan(seed_mean_interval([0.5])[1])

@@ -44,7 +44,7 @@ from pi0_eqm.decoders.warm_start import warm_start_init
 from pi0_eqm.models.observation import Observation
 
 # Default recording settings: never stop early, so every threshold can be evaluated on one trajectory.
-FULL_TRAJECTORY = DecodeSettings(threshold=0.0, max_iters=300)
+FULL_TRAJECTORY = DecodeSettings(threshold=0.0, max_iters=60)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,7 @@ def record_solve(policy, obs: Mapping[str, Any], *, init: np.ndarray | None = No
 
     ``init [H, D]`` (model space) is the initial iterate, e.g. :func:`noise_chunk` (cold) or :func:`warm_start_from`
     (warm); default: noise from ``seed``. ``settings`` override the config's solver settings; the default records the
-    full ``max_iters = 300`` trajectory without stopping early. Unlike ``Policy.infer`` this keeps no session state.
+    full ``max_iters = 60`` trajectory (the default solver reaches ε = 1e-3 well inside it) without stopping early. Unlike ``Policy.infer`` this keeps no session state.
     """
     if not getattr(policy, "_is_eqm", False):
         raise TypeError("record_solve needs an EqM policy (the flow decoder has no solver trajectory)")
@@ -200,12 +200,13 @@ def stop_points(residuals: np.ndarray, thresholds: Iterable[float]) -> dict[floa
     return out
 
 
-def returned_chunk(record: SolveRecord, eps: float, *, robot: bool = True) -> np.ndarray:
-    """The chunk a solve with threshold ``eps`` would have returned: ``Ã_k`` at the stop point, or the last iterate
-    if ``eps`` is never reached within the recorded budget."""
+def returned_chunk(record: SolveRecord, eps: float, *, robot: bool = True, cap: int | None = None) -> np.ndarray:
+    """The chunk a solve with threshold ``eps`` (and at most ``cap`` field evaluations) would have returned: ``Ã_k``
+    at the stop point, or ``A_cap`` (the last recorded iterate without ``cap``) if ``eps`` is not reached in time."""
     k = stop_points(record.residuals, [eps])[float(eps)]
-    if k is None:
-        return (record.robot_iterates if robot else record.iterates)[-1]
+    last = record.num_iters if cap is None else min(cap, record.num_iters)
+    if k is None or k >= last:
+        return (record.robot_iterates if robot else record.iterates)[last]
     return (record.robot_lookaheads if robot else record.lookaheads)[k]
 
 
@@ -277,14 +278,17 @@ class Replan:
 
 def closed_loop_records(policy, env, episode: int, *, replan_every: int, num_chunks: int, eps: float = 1e-2,
                         seed: int = 0, warm_mode: str = "aligned", scratch_env=None,
-                        settings: DecodeSettings = FULL_TRAJECTORY) -> list[Replan]:
+                        settings: DecodeSettings = FULL_TRAJECTORY, cap: int | None = None) -> list[Replan]:
     """Runs the policy closed loop for up to ``num_chunks`` chunks of episode ``episode``, recording at every
     replanning point a cold solve and (after the first chunk) a warm-started solve from the *same* noise, as
     ``Policy.infer`` would build it. The chunk executed is what the deployed policy would execute: the warm solve's
-    (the cold one's for the first chunk) chunk returned at threshold ``eps``; its first ``replan_every`` actions are
+    (the cold one's for the first chunk) chunk returned at threshold ``eps`` within ``cap`` forwards (default: the
+    policy's solver cap); its first ``replan_every`` actions are
     stepped in ``env``. With ``scratch_env`` (same task and seed) the expert's next ``H`` actions are recorded too.
     """
     horizon = policy.config.action_horizon
+    if cap is None:
+        cap = policy.settings.decode_settings(policy.config.decoder).max_iters
     if not 1 <= replan_every <= horizon:
         raise ValueError(f"replan_every must be in [1, {horizon}], got {replan_every}")
     obs = env.reset(episode)
@@ -298,7 +302,7 @@ def closed_loop_records(policy, env, episode: int, *, replan_every: int, num_chu
         if prev is not None and warm_mode != "off":
             init = warm_start_from(policy, obs, prev, replan_every, noise, warm_mode)
             warm = record_solve(policy, obs, init=init, seed=seed, settings=settings)
-        chunk = returned_chunk(warm if warm is not None else cold, eps)
+        chunk = returned_chunk(warm if warm is not None else cold, eps, cap=cap)
         expert = None
         if scratch_env is not None:
             h = min(horizon, env.max_steps - len(history))

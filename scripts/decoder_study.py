@@ -7,7 +7,7 @@ Every arm is (decoder, EqM training variant, decoder settings). Each (arm, seed)
 (``checkpoints/<config>/<exp>``: ``main`` for seed 42, ``seed<N>`` otherwise, ``<variant>_s<N>`` for EqM training
 variants) and is evaluated on the same held-out episodes (evaluation seed 1000, episode e of task t), so arms are
 compared pairwise on identical initial states. Per-(arm, seed) results are cached under ``<out>/runs`` (re-running
-resumes). Prints and writes ``<out>/decoder_study.{json,png}``: per arm, success pooled over all episodes with a
+resumes). Prints and writes ``<out>/decoder_study.{json,png,md}`` (the markdown holds the README's tables): per arm, success pooled over all episodes with a
 Wilson 95% CI, the per-seed rates with a Student-t CI across seeds, mean expert forwards per chunk and latency; and
 the paired comparisons (difference with CI, McNemar's exact test).
 """
@@ -74,15 +74,17 @@ class Args:
     progress: bool = True
 
 
-def exp_name(arm: Arm, seed: int) -> str:
-    if arm.variant != "default":
-        return f"{arm.variant}_s{seed}"
-    return "main" if seed == 42 else f"seed{seed}"
+def exp_name(arm: Arm, seed: int, train_steps: int | None = None) -> str:
+    """``main`` (seed 42, as the main job) or ``seed<N>``; ``<variant>_s<N>`` for EqM training variants; a non-default
+    schedule adds ``_t<steps>``."""
+    name = f"{arm.variant}_s{seed}" if arm.variant != "default" else ("main" if seed == 42 else f"seed{seed}")
+    return name if train_steps is None else f"{name}_t{train_steps}"
 
 
 def run_arm(args: Args, name: str, seed: int, data_path: str) -> dict:
     """Trains (if needed) and evaluates one (arm, seed); cached in ``<out>/runs/<arm>/seed<seed>.json``."""
-    cache = Path(args.out) / "runs" / name / f"seed{seed}.json"
+    cache = Path(args.out) / "runs" / name / (f"seed{seed}.json" if args.train_steps is None
+                                              else f"seed{seed}_t{args.train_steps}.json")
     key = {"episodes_per_task": args.episodes_per_task, "eval_seed": args.eval_seed, "tasks": list(args.tasks),
            "replan_every": args.replan_every, "max_steps": args.max_steps}
     if cache.is_file():
@@ -90,7 +92,7 @@ def run_arm(args: Args, name: str, seed: int, data_path: str) -> dict:
         if all(cached.get(k) == v for k, v in key.items()):
             return cached
     arm = ARMS[name]
-    cfg = bench.configure_run(CONFIGS[arm.decoder], data_path, exp_name=exp_name(arm, seed), seed=seed,
+    cfg = bench.configure_run(CONFIGS[arm.decoder], data_path, exp_name=exp_name(arm, seed, args.train_steps), seed=seed,
                               train_steps=args.train_steps, batch_size=args.batch_size,
                               checkpoint_base_dir=args.checkpoint_base_dir, assets_base_dir=args.assets_base_dir,
                               decoder_updates=bench.EQM_TRAIN_VARIANTS[arm.variant] if arm.decoder == "eqm" else None)
@@ -123,6 +125,26 @@ def summarize(runs: list[dict], tasks) -> dict:
 
 def outcomes(runs: list[dict]) -> dict[tuple, bool]:
     return {(r["seed"], e["task"], e["episode"]): e["success"] for r in runs for e in r["episodes"]}
+
+
+def markdown(summary: dict, pairs: dict, tasks) -> str:
+    """The README tables: one row per arm, then the paired comparisons."""
+    short = [t.replace("-v3", "") for t in tasks]
+    lines = ["| arm | forwards/chunk | success (pooled) | Wilson 95% CI | per seed | seed mean, t 95% CI | ms/chunk | "
+             + " | ".join(short) + " |", "|" + "---|" * (7 + len(tasks))]
+    for a, s in summary.items():
+        seeds = " / ".join(f"{v:.3f}" for v in s["per_seed"].values())
+        lines.append(f"| `{a}` | {s['forwards_mean']:.1f} | **{s['success_rate']:.3f}** | [{s['ci95'][0]:.2f}, "
+                     f"{s['ci95'][1]:.2f}] | {seeds} | {s['seed_mean']:.3f} [{s['seed_ci95'][0]:.2f}, "
+                     f"{s['seed_ci95'][1]:.2f}] | {s['latency_ms_mean']:.0f} | "
+                     + " | ".join(f"{s['per_task'][t]:.2f}" for t in tasks) + " |")
+    lines += ["", "| paired (same seeds, same episodes) | n | a − b | 95% CI | a only / b only | McNemar exact p |",
+              "|---|---|---|---|---|---|"]
+    for k, p in pairs.items():
+        a, b = k.split(" vs ")
+        lines.append(f"| `{a}` − `{b}` | {p['n']} | {p['diff']:+.3f} | [{p['diff_ci95'][0]:+.3f}, "
+                     f"{p['diff_ci95'][1]:+.3f}] | {p['a_only']} / {p['b_only']} | {p['mcnemar_p']:.3g} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(path: Path, summary: dict) -> None:
@@ -195,7 +217,8 @@ def main(args: Args) -> dict:
     bench.save_json(out / "decoder_study.json", {"args": dataclasses.asdict(args), "summary": summary,
                                                  "paired": pairs})
     plot(out / "decoder_study.png", summary)
-    print(f"results: {out}/decoder_study.json, {out}/decoder_study.png")
+    (out / "decoder_study.md").write_text(markdown(summary, pairs, args.tasks))
+    print(f"results: {out}/decoder_study.json, {out}/decoder_study.png, {out}/decoder_study.md")
     return {"summary": summary, "paired": pairs}
 
 

@@ -48,6 +48,7 @@ SETTINGS = {
 class Args:
     checkpoint: str = "checkpoints/pi0_eqm_metaworld/main"
     config: str = "pi0_eqm_metaworld"
+    variant: str = "default"  # the EqM training variant the checkpoint was trained with (bench.EQM_TRAIN_VARIANTS)
     seed: int = 2000  # held out from demos (0) and closed-loop evaluation (1000)
     episodes_per_task: int = 2
     every: int = 8
@@ -55,7 +56,11 @@ class Args:
 
 
 def main(args: Args) -> dict:
+    if args.variant not in bench.EQM_TRAIN_VARIANTS:
+        raise ValueError(f"unknown --variant {args.variant!r}; expected one of {sorted(bench.EQM_TRAIN_VARIANTS)}")
     cfg = get_config(args.config)
+    decoder = dataclasses.replace(cfg.model.decoder, **bench.EQM_TRAIN_VARIANTS[args.variant])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, decoder=decoder))
     policy = bench.load_policy(cfg, args.checkpoint, PolicySettings())
     states = offline.expert_states(DEFAULT_TASKS, seed=args.seed, episodes_per_task=args.episodes_per_task,
                                    horizon=cfg.model.action_horizon, every=args.every,

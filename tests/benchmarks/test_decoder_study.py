@@ -27,16 +27,17 @@ def test_decoder_study_end_to_end(tmp_path, monkeypatch):
     assert 1 <= s["eqm-5"]["forwards_mean"] <= 5 and s["eqm-paper-300"]["forwards_mean"] > 5
     # Both EqM arms of a seed decode the same checkpoint; one run directory per (decoder, seed).
     runs = tmp_path / "out" / "runs"
-    ckpts = {json.loads((runs / a / "seed1.json").read_text())["checkpoint"] for a in ("eqm-5", "eqm-paper-300")}
+    ckpts = {json.loads((runs / a / "seed1_t8.json").read_text())["checkpoint"] for a in ("eqm-5", "eqm-paper-300")}
     assert len(ckpts) == 1
-    assert sorted(p.name for p in (tmp_path / "ckpt" / "pi0_eqm_metaworld").iterdir()) == ["seed1", "seed2"]
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "pi0_eqm_metaworld").iterdir()) == ["seed1_t8", "seed2_t8"]
     # The paired test is over the same (seed, task, episode) outcomes.
     pair = out["paired"]["eqm-5 vs flow-5"]
-    a = [e["success"] for sd in (1, 2) for e in json.loads((runs / "eqm-5" / f"seed{sd}.json").read_text())["episodes"]]
-    b = [e["success"] for sd in (1, 2) for e in json.loads((runs / "flow-5" / f"seed{sd}.json").read_text())["episodes"]]
+    a = [e["success"] for sd in (1, 2) for e in json.loads((runs / "eqm-5" / f"seed{sd}_t8.json").read_text())["episodes"]]
+    b = [e["success"] for sd in (1, 2) for e in json.loads((runs / "flow-5" / f"seed{sd}_t8.json").read_text())["episodes"]]
     assert pair == paired_comparison(a, b)
     saved = json.loads((tmp_path / "out" / "decoder_study.json").read_text())
     assert set(saved["summary"]) == set(s) and (tmp_path / "out" / "decoder_study.png").stat().st_size > 1000
+    assert "`eqm-5` − `flow-5`" in (tmp_path / "out" / "decoder_study.md").read_text()
     # A second run reuses every cached (arm, seed) result.
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("seed*.json")}
     mod.main(args)

@@ -44,6 +44,7 @@ ARMS: dict[str, Arm] = {
     "eqm-paper-300": Arm("eqm", {"preset": "paper"}),
     "eqm-bb-10": Arm("eqm", {"preset": "bb"}),
     "eqm-eta03-10": Arm("eqm", {"preset": "action", "step_size": 0.03, "momentum": 0.3}),  # less converged at 10
+    "eqm-cold-10": Arm("eqm", {"preset": "action", "warm_start": "off"}),
     "eqm-mix-10": Arm("eqm", {"preset": "action"}, "mix"),
     "eqm-real-10": Arm("eqm", {"preset": "action"}, "real"),
     "eqm-mix_real-10": Arm("eqm", {"preset": "action"}, "mix_real"),
@@ -51,7 +52,7 @@ ARMS: dict[str, Arm] = {
 DEFAULT_ARMS = ("flow-5", "flow-10", "flow-20", "flow-300", "eqm-5", "eqm-10", "eqm-20", "eqm-paper-300")
 # (a, b) pairs tested on the same episodes, when both arms ran.
 PAIRS = (("eqm-10", "eqm-paper-300"), ("eqm-5", "flow-5"), ("eqm-10", "flow-10"), ("eqm-20", "flow-20"),
-         ("eqm-paper-300", "flow-300"), ("eqm-bb-10", "eqm-10"), ("eqm-eta03-10", "eqm-10"), ("eqm-mix-10", "eqm-10"), ("eqm-real-10", "eqm-10"),
+         ("eqm-paper-300", "flow-300"), ("eqm-bb-10", "eqm-10"), ("eqm-eta03-10", "eqm-10"), ("eqm-cold-10", "eqm-10"), ("eqm-mix-10", "eqm-10"), ("eqm-real-10", "eqm-10"),
          ("eqm-mix_real-10", "eqm-10"))
 CONFIGS = {"eqm": "pi0_eqm_metaworld", "flow": "pi0_metaworld"}
 

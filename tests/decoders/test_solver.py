@@ -145,7 +145,7 @@ def test_dynamic_settings_share_one_compilation(problem):
     a = fn(1e-1, 300, 0.003, 0.3, False)
     b = fn(1e-3, 300, 0.003, 0.3, False)
     c = fn(1e-3, 20, 0.003, 0.3, True)
-    d = fn(1e-3, 300, 0.02, 0.5, True)
+    d = fn(1e-3, 300, 0.05, 0.5, True)
     assert float(a.mean()) < float(b.mean())
     assert c.tolist() == [20] * 4
     assert float(d.mean()) < 0.2 * float(b.mean())  # a larger step on the same field: far fewer iterations
@@ -220,16 +220,16 @@ def test_guard_is_inert_when_the_residual_falls(problem):
     np.testing.assert_allclose(np.asarray(on.step), 0.02)
 
 
-def test_guard_restarts_momentum_without_shrinking_a_stable_step(problem):
-    """Nesterov's residual oscillates on a stable step (η·λ = 0.4, μ = 0.5): the guard restarts the momentum
-    (fewer iterations than without it) but keeps η, because the momentum-free step after a restart descends."""
+def test_guard_costs_a_stable_momentum_run_little(problem):
+    """Nesterov's residual oscillates on a stable step (η·λ = 0.4, μ = 0.5): the guard then halves η on each rise —
+    the price of a rule that needs no forward beyond the step's — and still converges in ≤ 1.5× the iterations."""
     target, noise = problem
     kw = dict(step_size=0.02, momentum=0.5, threshold=1e-3, max_iters=300)
     on = solve(ideal_field(target), noise, SolverConfig(guard=True, **kw), DIM_MASK)
     off = solve(ideal_field(target), noise, SolverConfig(guard=False, **kw), DIM_MASK)
     assert bool(on.converged.all()) and bool(off.converged.all())
-    assert int(on.iterations.max()) < int(off.iterations.min())
-    np.testing.assert_allclose(np.asarray(on.step), 0.02)
+    assert int(on.iterations.max()) <= 1.5 * int(off.iterations.min())
+    assert np.all(np.asarray(on.step) < 0.02)
 
 
 def test_presets():

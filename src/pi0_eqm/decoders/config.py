@@ -60,7 +60,7 @@ class SolverConfig:
     max_iters: int = 10  # K_max: expert forwards per chunk (the matched budget)
     threshold: float = 1e-2  # ε on the normalized residual; <= 0 means "never stop early"
     residual_dims: ResidualDims = "real"  # RMS over real action dims only, or over all (padded) dims
-    guard: bool = True  # halve a sample's η and restart its momentum when its residual grows (not for "bb")
+    guard: bool = True  # halve a sample's η and restart its momentum whenever its residual grows (not for "bb")
     bb_min_step: float = 1e-3  # "bb": α_k = clip(sᵀs / sᵀy, bb_min_step, bb_max_step)
     bb_max_step: float = 0.3
 

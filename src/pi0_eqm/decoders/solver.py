@@ -11,11 +11,10 @@ from data toward noise), iterate per sample b::
     A_{k+1} = A_k − α_k f(A_k)                  "bb": α_0 = η, α_k = clip(sᵀs / sᵀy, α_min, α_max) for
                                                  s = A_k − A_{k−1}, y = f(A_k) − f(A_{k−1}) (α_min if sᵀy ≤ 0)
 
-Step guard (``guard``, not for "bb", whose clip bounds the step), per sample, at no extra forward: when the residual
-grows (r_k > r_{k−1}) the momentum restarts (A_k − A_{k−1} ← 0 for the next lookahead, the adaptive restart of
-O'Donoghue & Candès); when it grows although Ã_k was momentum-free (the first step, the step after a restart, or
-"gd"), η_b halves. A step too large for the field's stiffness (η·λ_max > 2 diverges) thus shrinks itself, while the
-stable, non-monotone oscillation of momentum only costs a restart; η_0 = η.
+Step guard (``guard``, not for "bb", whose clip bounds the step), per sample, at no extra forward: whenever the
+residual grows (r_k > r_{k−1}), η_b halves and the momentum restarts (A_k − A_{k−1} ← 0 for the next lookahead, as in
+O'Donoghue & Candès' adaptive restart). A step too large for the field's stiffness (η·λ_max > 2 diverges) thus shrinks
+itself; η_0 = η. On a stable but oscillating momentum run it also shrinks η, which costs iterations (tests).
 
 A sample stops at the first k with ``r_k < ε`` and returns ``Ã_k`` (the point the residual certifies); samples that
 hit ``max_iters`` return ``A_K`` with the residual of their last lookahead. Converged samples are frozen while the
@@ -109,7 +108,7 @@ def solve(
         return (k < k_max) & jnp.any(active)
 
     def body(carry):
-        k, a, a_prev, f_prev, r, step, iters, active, plain = carry[:9]
+        k, a, a_prev, f_prev, r, step, iters, active = carry[:8]
         look = a if variant in ("gd", "bb") else a + mu * (a - a_prev)
         f = field_fn(look).astype(jnp.float32)
         r_now = normalized_residual(f, dim_mask)
@@ -119,8 +118,7 @@ def solve(
             restart = jnp.zeros_like(active)
         else:
             restart = active & use_guard & (iters > 0) & (r_now > r)
-            step = jnp.where(restart & plain, 0.5 * step, step)  # grew without momentum: the step is too large
-            plain = restart | (variant == "gd")
+            step = jnp.where(restart, 0.5 * step, step)
         a_step = (look if variant == "nesterov" else a) - bcast(step) * f
         moving = active & ~conv
         a_next = jnp.where(bcast(moving), a_step, jnp.where(bcast(conv), look, a))
@@ -129,9 +127,9 @@ def solve(
         f_prev = jnp.where(bcast(active), f, f_prev)
         r = jnp.where(active, r_now, r)
         iters = iters + active.astype(jnp.int32)
-        out = (k + 1, a_next, a_prev_next, f_prev, r, step, iters, active & ~conv, plain)
+        out = (k + 1, a_next, a_prev_next, f_prev, r, step, iters, active & ~conv)
         if record:
-            traj, looks, res = carry[9:]
+            traj, looks, res = carry[8:]
             traj = traj.at[k + 1].set(a_next)
             looks = looks.at[k].set(look)
             res = res.at[k].set(jnp.where(active, r_now, jnp.nan))
@@ -147,7 +145,6 @@ def solve(
         jnp.broadcast_to(eta, (b,)),
         jnp.zeros((b,), jnp.int32),
         jnp.ones((b,), bool),
-        jnp.ones((b,), bool),  # Ã_k is momentum-free (A_{−1} = A_0)
     )
     if record:
         k_cap = config.max_iters
@@ -159,7 +156,7 @@ def solve(
     k, a, _, _, r, step, iters, active = out[:8]
     result = SolveResult(actions=a, iterations=iters, residual=r, converged=~active, step=step)
     if record:
-        traj, looks, res = out[9:]
+        traj, looks, res = out[8:]
         # Frozen samples keep their final iterate in the rest of the trajectory buffer.
         steps = jnp.arange(traj.shape[0])[:, None]
         filled = steps <= iters[None, :]

@@ -2,7 +2,7 @@
 
     uv run scripts/eval.py --config pi0_eqm_metaworld --checkpoint checkpoints/pi0_eqm_metaworld/main \\
         [--episodes-per-task 10] [--replan-every 8] [--preset action|paper|bb] [--threshold 1e-2] [--max-iters 10] \\
-        [--step-size 0.05] [--momentum 0.5] [--variant nesterov] [--warm-start aligned] [--videos-per-task 1]
+        [--step-size 0.03] [--momentum 0.3] [--variant nesterov] [--warm-start off] [--videos-per-task 1]
 
 Writes ``<out>/results.json`` (per-episode records, per-task and mean success with 95% CIs, solver iterations and
 latency) and ``<out>/success.png``; prints a table.

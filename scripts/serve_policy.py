@@ -1,8 +1,8 @@
 """Serve a trained checkpoint to openpi clients (websocket + msgpack, openpi's wire format).
 
     uv run scripts/serve_policy.py --config pi0_eqm_libero --checkpoint checkpoints/pi0_eqm_libero/run1/30000 \\
-        [--port 8000] [--preset action|paper|bb] [--threshold 1e-2] [--max-iters 10] [--step-size 0.05] \\
-        [--momentum 0.5] [--variant nesterov] [--warm-start aligned] [--executed 5]
+        [--port 8000] [--preset action|paper|bb] [--threshold 1e-2] [--max-iters 10] [--step-size 0.03] \\
+        [--momentum 0.3] [--variant nesterov] [--warm-start off|aligned|paper_half] [--executed 5]
 
 Each reply carries ``actions``, ``policy_timing``, ``server_timing`` and ``solver`` (iterations, final residual,
 converged, warm_started). Per request, a ``decoder_settings`` dict overrides the decoder settings; sending

@@ -153,14 +153,17 @@ def test_dynamic_settings_share_one_compilation(problem):
 
 
 # ----------------------------------------------------------------------------------------------- new solver
-def test_action_defaults_converge_fast_on_the_ideal_field(problem):
-    """The defaults (η 0.05, μ 0.5, ≤ 10) on the ideal field λ/(1−a) = 20 (the trained model's λ_max is 22–25)."""
+def test_action_defaults_on_the_ideal_field(problem):
+    """The defaults (η 0.03, μ 0.3, ≤ 10 forwards) on the ideal field λ/(1−a) = 20 (the trained model's λ_max is
+    22–25): 10 forwards bring the residual from ≈ 20 to below 0.1 — close to the root without reaching ε = 1e-2,
+    which is what the closed-loop study chose — while the paper's step is still far away; ≤ 12 reach 1e-2."""
     target, noise = problem
     res = solve(ideal_field(target), noise, SolverConfig(), DIM_MASK)
-    assert bool(res.converged.all()) and int(res.iterations.max()) <= 10
-    np.testing.assert_allclose(np.asarray(res.actions), np.asarray(target), atol=1e-2)
-    slow = solve(ideal_field(target), noise, solver_preset("paper"), DIM_MASK)
-    assert int(slow.iterations.min()) > 5 * int(res.iterations.max())
+    assert res.iterations.tolist() == [10] * 4 and float(res.residual.max()) < 0.1
+    np.testing.assert_allclose(np.asarray(res.actions), np.asarray(target), atol=2e-2)
+    assert bool(solve(ideal_field(target), noise, SolverConfig(max_iters=12), DIM_MASK).converged.all())
+    slow = solve(ideal_field(target), noise, dataclasses.replace(solver_preset("paper"), max_iters=10), DIM_MASK)
+    assert float(slow.residual.min()) > 10 * float(res.residual.max())
 
 
 def test_bb_step_is_the_inverse_rayleigh_quotient_on_a_quadratic():
@@ -200,8 +203,10 @@ def test_guard_rescues_a_step_too_large_for_the_field(problem):
     increase halves the sample's step until it is stable, at no extra forward."""
     target, noise = problem
     stiff = lambda x: 100.0 * (x - target)
-    off = solve(stiff, noise, SolverConfig(guard=False, max_iters=40, threshold=1e-3), DIM_MASK)
-    on = solve(stiff, noise, SolverConfig(guard=True, max_iters=40, threshold=1e-3), DIM_MASK)
+    off = solve(stiff, noise, SolverConfig(guard=False, step_size=0.05, momentum=0.5, max_iters=40, threshold=1e-3),
+                DIM_MASK)
+    on = solve(stiff, noise, SolverConfig(guard=True, step_size=0.05, momentum=0.5, max_iters=40, threshold=1e-3),
+               DIM_MASK)
     assert not bool(off.converged.any())
     assert not np.all(np.isfinite(np.asarray(off.residual))) or float(off.residual.min()) > 1e3
     assert bool(on.converged.all())

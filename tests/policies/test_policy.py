@@ -15,7 +15,8 @@ from tests.policies.conftest import libero_obs
 def test_policy_infers_libero_actions_and_warm_starts(trained_libero):
     cfg, step_dir = trained_libero
     assert (step_dir / "assets" / "physical-intelligence/libero" / "norm_stats.json").is_file()
-    policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(threshold=1e-2, max_iters=40, executed=2))
+    settings = PolicySettings(threshold=1e-2, max_iters=40, executed=2, warm_start="aligned")
+    policy = create_trained_policy(cfg, step_dir, settings=settings)
     rng = np.random.default_rng(0)
     out = policy.infer(libero_obs(rng), session="a")
     assert out["actions"].shape == (cfg.model.action_horizon, 7)
@@ -34,6 +35,18 @@ def test_policy_infers_libero_actions_and_warm_starts(trained_libero):
         policy.infer({**libero_obs(rng), "decoder_settings": {"epsilon": 1}})
     with pytest.raises(InvalidRequestError, match="variant"):
         policy.infer({**libero_obs(rng), "decoder_settings": {"variant": "adam"}})
+
+
+def test_default_settings_decode_cold_at_ten_forwards(trained_libero):
+    """The defaults chosen by the decoder study: no warm start, η 0.03, μ 0.3, at most 10 expert forwards."""
+    cfg, step_dir = trained_libero
+    policy = create_trained_policy(cfg, step_dir)
+    rng = np.random.default_rng(5)
+    outs = [policy.infer(libero_obs(rng), session="d") for _ in range(2)]
+    assert [o["solver"]["warm_started"] for o in outs] == [False, False]
+    assert all(1 <= o["solver"]["iterations"] <= 10 for o in outs)
+    ds = PolicySettings().decode_settings(cfg.model.decoder)
+    assert (ds.step_size, ds.momentum, ds.max_iters, ds.threshold, ds.guard) == (0.03, 0.3, 10, 1e-2, True)
 
 
 def test_one_compiled_decode_serves_every_solver_setting(trained_libero):

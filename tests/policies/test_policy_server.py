@@ -46,7 +46,7 @@ CLIENT = textwrap.dedent(
 
 def test_openpi_client_drives_the_real_policy(trained_libero, openpi_client_python):  # noqa: F811
     cfg, step_dir = trained_libero
-    policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(max_iters=30, executed=5))
+    policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(max_iters=30, executed=5, warm_start="aligned"))
     server = PolicyServer(policy, host="127.0.0.1", port=0, metadata={"config": cfg.name}, schema=libero_schema())
     port = server.start()
     try:

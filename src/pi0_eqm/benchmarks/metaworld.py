@@ -173,10 +173,10 @@ def plot_success(rows: dict[str, dict[str, Any]], tasks, path: str | os.PathLike
             lo, hi = r["ci95"]
             y = r["overall_success"]
             ax.errorbar([pos[-1]], [y], yerr=[[y - lo], [hi - y]], fmt="k.", capsize=4)
-            ax.text(pos[-1], min(hi, 1.0) + 0.02, f"[{lo:.2f}, {hi:.2f}]", ha="center", fontsize=6,
+            ax.text(pos[-1], min(hi, 1.0) + 0.02 + 0.04 * i, f"[{lo:.2f}, {hi:.2f}]", ha="center", fontsize=6,
                     color=bars[-1].get_facecolor())
     ax.set_xticks(x, [t.replace("-v3", "") for t in tasks] + ["MEAN"], rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.1 + 0.04 * len(names))
     ax.set_ylabel("success rate (MEAN: pooled, Wilson 95% CI)")
     ax.set_title(title)
     ax.legend(fontsize=8)

@@ -51,6 +51,7 @@ ARMS: dict[str, Arm] = {
     "eqm-cold-10": Arm("eqm", {"preset": "action", **_FIRST, "warm_start": "off"}),
     "eqm-cold-5": Arm("eqm", {"preset": "action", **_FIRST, "max_iters": 5, "warm_start": "off"}),
     "eqm-cold-eta03-10": Arm("eqm", {"preset": "action", **_DEFAULT, "max_iters": 10}),
+    "eqm-cold-eta03-10-noguard": Arm("eqm", {"preset": "action", **_DEFAULT, "max_iters": 10, "guard": False}),
     "eqm-mix-10": Arm("eqm", {"preset": "action", **_FIRST}, "mix"),
     "eqm-real-10": Arm("eqm", {"preset": "action", **_FIRST}, "real"),
     "eqm-mix_real-10": Arm("eqm", {"preset": "action", **_FIRST}, "mix_real"),
@@ -59,7 +60,7 @@ DEFAULT_ARMS = ("flow-5", "flow-10", "flow-20", "flow-300", "eqm-5", "eqm-10", "
                 "eqm-cold-eta03-10")
 # (a, b) pairs tested on the same episodes, when both arms ran.
 PAIRS = (("eqm-cold-eta03-10", "eqm-paper-300"), ("eqm-cold-eta03-10", "flow-10"), ("eqm-10", "eqm-paper-300"), ("eqm-5", "flow-5"), ("eqm-10", "flow-10"), ("eqm-20", "flow-20"),
-         ("eqm-paper-300", "flow-300"), ("eqm-bb-10", "eqm-10"), ("eqm-eta03-10", "eqm-10"), ("eqm-cold-10", "eqm-10"), ("eqm-cold-eta03-10", "eqm-cold-10"),
+         ("eqm-paper-300", "flow-300"), ("eqm-bb-10", "eqm-10"), ("eqm-eta03-10", "eqm-10"), ("eqm-cold-10", "eqm-10"), ("eqm-cold-eta03-10", "eqm-cold-10"), ("eqm-cold-eta03-10-noguard", "eqm-cold-eta03-10"),
          ("eqm-cold-5", "eqm-cold-10"), ("eqm-mix-10", "eqm-10"), ("eqm-real-10", "eqm-10"),
          ("eqm-mix_real-10", "eqm-10"))
 CONFIGS = {"eqm": "pi0_eqm_metaworld", "flow": "pi0_metaworld"}

@@ -1,7 +1,8 @@
 """``Policy``: observation dict → action chunk, wrapping params, transforms and decoder settings.
 
-For EqM the policy keeps, per client session, the previous chunk and warm-starts the next solve from it (aligned shift
-by the number of actions executed since, or the paper's half-chunk rule); ``reset(session)`` (episode reset) drops it.
+For EqM with a warm start (``warm_start`` "aligned" or "paper_half"; the default "off" decodes from noise) the policy
+keeps, per client session, the previous chunk and warm-starts the next solve from it (aligned shift by the number of
+actions executed since, or the paper's half-chunk rule); ``reset(session)`` (episode reset) drops it.
 Decoder settings (solver preset, ε, max iterations, step size, momentum, solver variant, guard, warm-start mode,
 executed actions) are set at construction and can be overridden per request with a ``"decoder_settings"`` dict in the
 observation. Only the solver variant is compiled in: one compiled decode function per variant serves every ε, cap,

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Annotated
 
 import numpy as np
 import tyro
+
+from pi0_eqm.policies.policy import PolicySettings
 
 
 @dataclasses.dataclass
@@ -26,15 +29,12 @@ class Args:
     requests: int = 25
     max_workers: int = 1
     max_seconds: float = 300.0
-    threshold: float | None = None
-    max_iters: int | None = None
+    decoder: Annotated[PolicySettings, tyro.conf.OmitArgPrefixes] = PolicySettings()  # --preset --max-iters ... as eval
     out: str | None = None
 
 
 def _policy(args: Args, cfg):
-    from pi0_eqm.policies.policy import PolicySettings
-
-    settings = PolicySettings(threshold=args.threshold, max_iters=args.max_iters)
+    settings = args.decoder
     if args.checkpoint:
         from pi0_eqm.benchmarks.metaworld import load_policy
 
@@ -84,4 +84,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    from pi0_eqm.cli import run
+
+    run(main, Args)

@@ -18,6 +18,7 @@ BAD = [
 SCRIPTS = {
     "eval.py": ["--config", "pi0_eqm_metaworld", "--checkpoint", "does-not-exist"],
     "serve_policy.py": ["--config", "pi0_eqm_metaworld", "--checkpoint", "does-not-exist"],
+    "load_test.py": ["--config", "debug_libero", "--random-init"],
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from pi0_eqm import toy
 from pi0_eqm.decoders import make_decoder
+from pi0_eqm.decoders.config import SOLVER_PRESETS
 from pi0_eqm.decoders.config import EqmConfig
 from pi0_eqm.decoders.config import FlowConfig
 from pi0_eqm.decoders.config import SolverConfig
@@ -58,7 +59,9 @@ def test_mlp_eqm_learns_bimodal_chunks():
     assert np.mean(losses[-100:]) < 0.7 * np.mean(losses[:100])
 
     init = jax.random.normal(jax.random.key(999), (64, H, D))
-    res = solve(lambda a: model.apply(params, a), init, SolverConfig(threshold=1e-2), None)
+    # The paper preset (η 0.003, ≤ 300) lands on the modes of this MLP field; the default step (η 0.03, μ 0.3) does
+    # not (22% within 0.1 even at 300 forwards), so this test pins the signs with the setting that converges here.
+    res = solve(lambda a: model.apply(params, a), init, SOLVER_PRESETS["paper"], None)
     a = np.asarray(res.actions)
     dist = np.min(np.stack([np.abs(a - np.asarray(m)).max(axis=(1, 2)) for m in MODES]), axis=0)
     assert np.mean(dist < 0.1) > 0.9, np.sort(dist)

@@ -59,9 +59,11 @@ def test_mlp_eqm_learns_bimodal_chunks():
     assert np.mean(losses[-100:]) < 0.7 * np.mean(losses[:100])
 
     init = jax.random.normal(jax.random.key(999), (64, H, D))
-    # The paper preset (η 0.003, ≤ 300) lands on the modes of this MLP field; the default step (η 0.03, μ 0.3) does
-    # not (22% within 0.1 even at 300 forwards), so this test pins the signs with the setting that converges here.
-    res = solve(lambda a: model.apply(params, a), init, SOLVER_PRESETS["paper"], None)
+    # Both the default step (η 0.03, μ 0.3, run to the root) and the paper preset land on the modes. With the step
+    # guard on, the default stalls on this field: its residual rises on the way in from noise, and each rise halves η.
+    res = solve(lambda a: model.apply(params, a), init, SolverConfig(threshold=1e-2, max_iters=300), None)
+    paper = solve(lambda a: model.apply(params, a), init, SOLVER_PRESETS["paper"], None)
+    np.testing.assert_allclose(np.asarray(paper.actions), np.asarray(res.actions), atol=0.05)
     a = np.asarray(res.actions)
     dist = np.min(np.stack([np.abs(a - np.asarray(m)).max(axis=(1, 2)) for m in MODES]), axis=0)
     assert np.mean(dist < 0.1) > 0.9, np.sort(dist)

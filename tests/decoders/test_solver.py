@@ -154,16 +154,14 @@ def test_dynamic_settings_share_one_compilation(problem):
 
 # ----------------------------------------------------------------------------------------------- new solver
 def test_action_defaults_on_the_ideal_field(problem):
-    """The defaults (η 0.03, μ 0.3, ≤ 10 forwards) on the ideal field λ/(1−a) = 20 (the trained model's λ_max is
-    22–25): 10 forwards bring the residual from ≈ 20 to below 0.1 — close to the root without reaching ε = 1e-2,
-    which is what the closed-loop study chose — while the paper's step is still far away; ≤ 12 reach 1e-2."""
+    """The defaults (η 0.03, μ 0.3, ≤ 10 forwards, no guard) reach ε = 1e-2 on the ideal field λ/(1−a) = 20 (the
+    trained model's λ_max is 22–25) within the budget, where the paper's step is still far from the root."""
     target, noise = problem
     res = solve(ideal_field(target), noise, SolverConfig(), DIM_MASK)
-    assert res.iterations.tolist() == [10] * 4 and float(res.residual.max()) < 0.1
+    assert bool(res.converged.all()) and int(res.iterations.max()) <= 10
     np.testing.assert_allclose(np.asarray(res.actions), np.asarray(target), atol=2e-2)
-    assert bool(solve(ideal_field(target), noise, SolverConfig(max_iters=12), DIM_MASK).converged.all())
     slow = solve(ideal_field(target), noise, dataclasses.replace(solver_preset("paper"), max_iters=10), DIM_MASK)
-    assert float(slow.residual.min()) > 10 * float(res.residual.max())
+    assert float(slow.residual.min()) > 100 * float(res.residual.max())
 
 
 def test_bb_step_is_the_inverse_rayleigh_quotient_on_a_quadratic():

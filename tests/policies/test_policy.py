@@ -38,7 +38,7 @@ def test_policy_infers_libero_actions_and_warm_starts(trained_libero):
 
 
 def test_default_settings_decode_cold_at_ten_forwards(trained_libero):
-    """The defaults chosen by the decoder study: no warm start, η 0.03, μ 0.3, at most 10 expert forwards."""
+    """The defaults chosen by the decoder study: no warm start, η 0.03, μ 0.3, no guard, at most 10 expert forwards."""
     cfg, step_dir = trained_libero
     policy = create_trained_policy(cfg, step_dir)
     rng = np.random.default_rng(5)
@@ -46,7 +46,7 @@ def test_default_settings_decode_cold_at_ten_forwards(trained_libero):
     assert [o["solver"]["warm_started"] for o in outs] == [False, False]
     assert all(1 <= o["solver"]["iterations"] <= 10 for o in outs)
     ds = PolicySettings().decode_settings(cfg.model.decoder)
-    assert (ds.step_size, ds.momentum, ds.max_iters, ds.threshold, ds.guard) == (0.03, 0.3, 10, 1e-2, True)
+    assert (ds.step_size, ds.momentum, ds.max_iters, ds.threshold, ds.guard) == (0.03, 0.3, 10, 1e-2, False)
 
 
 def test_one_compiled_decode_serves_every_solver_setting(trained_libero):

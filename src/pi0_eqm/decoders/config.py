@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Literal
+from typing import get_args
 
 SolverVariant = Literal["nesterov", "eqm_nag", "gd", "bb"]
 WarmStartMode = Literal["off", "paper_half", "aligned"]
@@ -23,7 +24,7 @@ class FlowConfig:
     time_min: float = 0.001  # t = Beta(a, b)·(1 − time_min) + time_min
 
 
-SOLVER_VARIANTS = ("nesterov", "eqm_nag", "gd", "bb")
+SOLVER_VARIANTS: tuple[str, ...] = get_args(SolverVariant)
 
 
 def check_solver_values(*, variant=None, step_size=None, momentum=None, max_iters=None, threshold=None,

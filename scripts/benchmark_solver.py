@@ -19,9 +19,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import tyro  # noqa: E402
 
-from pi0_eqm import toy  # noqa: E402
-from pi0_eqm.benchmarks import solver as bench  # noqa: E402
 from pi0_eqm.models.configs import model_config  # noqa: E402
+from pi0_eqm_experiments import toy  # noqa: E402
+from pi0_eqm_experiments.benchmarks import solver as bench  # noqa: E402
 
 
 @dataclasses.dataclass

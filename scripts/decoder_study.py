@@ -23,12 +23,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from pi0_eqm.benchmarks import metaworld as bench  # noqa: E402
 from pi0_eqm.envs.stats import paired_comparison  # noqa: E402
 from pi0_eqm.envs.stats import seed_mean_interval  # noqa: E402
 from pi0_eqm.envs.stats import success_summary  # noqa: E402
 from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
 from pi0_eqm.policies.policy import PolicySettings  # noqa: E402
+from pi0_eqm_experiments.benchmarks import metaworld as bench  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

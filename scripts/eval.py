@@ -36,9 +36,9 @@ class Args:
 
 
 def main(args: Args) -> dict:
-    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
     from pi0_eqm.training.config import get_config
+    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     cfg = get_config(args.config)
     settings = dataclasses.replace(args.decoder, executed=args.replan_every)

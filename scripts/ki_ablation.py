@@ -93,12 +93,12 @@ def _plot(path: str, results: dict, title: str) -> None:
 
 
 def main(args: Args) -> dict:
-    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.envs.demos import generate_dataset
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
     from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm.policies.policy_config import create_trained_policy
     from pi0_eqm.training.data_config import data_home
+    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     bad = [a for a in args.arms if a not in ARMS]
     if bad:

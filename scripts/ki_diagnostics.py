@@ -23,9 +23,9 @@ class Args:
 
 
 def main(args: Args) -> dict:
-    from pi0_eqm.analysis.ki import backbone_vs_expert
-    from pi0_eqm.benchmarks.metaworld import latest_step_dir
     from pi0_eqm.training.config import get_config
+    from pi0_eqm_experiments.analysis.ki import backbone_vs_expert
+    from pi0_eqm_experiments.benchmarks.metaworld import latest_step_dir
 
     cfg = get_config(args.config)
     if args.assets_base_dir:
@@ -34,7 +34,7 @@ def main(args: Args) -> dict:
     result = {"checkpoint": str(step_dir)} | backbone_vs_expert(cfg, step_dir, n=args.samples, seed=args.seed)
     print(json.dumps(result, indent=2))
     if args.out:
-        from pi0_eqm.benchmarks.metaworld import save_json
+        from pi0_eqm_experiments.benchmarks.metaworld import save_json
 
         save_json(args.out, result)
     return result

@@ -36,7 +36,7 @@ class Args:
 def _policy(args: Args, cfg):
     settings = args.decoder
     if args.checkpoint:
-        from pi0_eqm.benchmarks.metaworld import load_policy
+        from pi0_eqm_experiments.benchmarks.metaworld import load_policy
 
         return load_policy(cfg, args.checkpoint, settings)
     if not args.random_init:

@@ -49,12 +49,12 @@ def make_figures(args: Args) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pi0_eqm.analysis import iterates as it
-    from pi0_eqm.analysis import plots
-    from pi0_eqm.analysis.model import load_or_train_policy
-    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.envs.metaworld import MetaWorldEnv
     from pi0_eqm.policies.policy import PolicySettings
+    from pi0_eqm_experiments.analysis import iterates as it
+    from pi0_eqm_experiments.analysis import plots
+    from pi0_eqm_experiments.analysis.model import load_or_train_policy
+    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()

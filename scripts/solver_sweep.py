@@ -16,11 +16,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from pi0_eqm.analysis import offline  # noqa: E402
-from pi0_eqm.benchmarks import metaworld as bench  # noqa: E402
 from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
 from pi0_eqm.policies.policy import PolicySettings  # noqa: E402
 from pi0_eqm.training.config import get_config  # noqa: E402
+from pi0_eqm_experiments.analysis import offline  # noqa: E402
+from pi0_eqm_experiments.benchmarks import metaworld as bench  # noqa: E402
 
 # name → PolicySettings (explicit, so a row keeps its meaning if the defaults change); "paper, never stop" is the
 # reference chunk.

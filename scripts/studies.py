@@ -35,8 +35,8 @@ class Args:
 
 
 def _run(name: str, args: Args, settings) -> dict:
-    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.training.config import get_config
+    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     cfg = get_config(name)
     ckpt = os.path.join(args.checkpoint_base_dir, name, args.exp_name)
@@ -71,9 +71,9 @@ def _plot_lines(path, xs, series: dict, xlabel: str, ylabel: str, title: str, lo
 
 
 def main(args: Args) -> dict:
-    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
     from pi0_eqm.policies.policy import PolicySettings
+    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     os.makedirs(args.out, exist_ok=True)
     rows: dict[str, dict] = {}

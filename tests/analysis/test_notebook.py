@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pi0_eqm.analysis.model import has_checkpoint
+from pi0_eqm_experiments.analysis.model import has_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.sim]
 

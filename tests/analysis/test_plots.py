@@ -7,8 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pi0_eqm.analysis import iterates as it  # noqa: E402
-from pi0_eqm.analysis import plots  # noqa: E402
+from pi0_eqm_experiments.analysis import iterates as it  # noqa: E402
+from pi0_eqm_experiments.analysis import plots  # noqa: E402
 
 
 def _record(rate, k=60, h=8, d=4, seed=0):

@@ -11,7 +11,6 @@ import numpy as np
 import optax
 import pytest
 
-from pi0_eqm import toy
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.decoders.config import SOLVER_PRESETS
 from pi0_eqm.decoders.config import EqmConfig
@@ -20,6 +19,8 @@ from pi0_eqm.decoders.config import SolverConfig
 from pi0_eqm.decoders.eqm import eqm_training_pair
 from pi0_eqm.decoders.solver import solve
 from pi0_eqm.models.configs import model_config
+from pi0_eqm.training import toy_data
+from pi0_eqm_experiments import toy
 
 H, D = 4, 2
 MODES = jnp.array([[1.0, 0.5], [-1.0, -0.5]])  # two modes; a chunk repeats one mode H times
@@ -87,11 +88,11 @@ def test_tiny_pi0_training_reduces_loss_and_decodes(decoder):
     assert np.all(np.isfinite(losses))
     dec = make_decoder(cfg)
     # Held-out loss on a fixed batch with fixed noise, before (the same seed's init) vs after training.
-    obs, actions, _ = toy.make_batch(cfg, 64, np.random.default_rng(123))
+    obs, actions, _ = toy_data.make_batch(cfg, 64, np.random.default_rng(123))
     held_out = jax.jit(lambda p: jnp.mean(jnp.stack([dec.loss(p, obs, actions, jax.random.key(i)) for i in range(4)])))
-    before, after = float(held_out(cfg.init(jax.random.key(0)))), float(held_out(params))
+    before, after = float(held_out(toy.init_params(cfg, seed=0))), float(held_out(params))
     assert after < 0.85 * before, (before, after)
-    obs, _, _ = toy.make_batch(cfg, 5, np.random.default_rng(0))
+    obs, _, _ = toy_data.make_batch(cfg, 5, np.random.default_rng(0))
     actions, stats = jax.jit(lambda p, o, r: dec.decode(p, o, r))(params, obs, jax.random.key(0))
     assert actions.shape == (5, 4, 32)
     assert np.all(np.isfinite(np.asarray(actions)))
@@ -129,7 +130,7 @@ def test_real_dim_loss_ignores_padded_dims_and_decoding_keeps_them_zero():
     cfg = model_config("pi0_tiny", EqmConfig(loss_dims="real", solver=SolverConfig(max_iters=3)), real_action_dim=4,
                        image_resolution=(16, 16), action_horizon=4)
     dec = make_decoder(cfg)
-    obs, actions, _ = toy.make_batch(cfg, 4, np.random.default_rng(0))
+    obs, actions, _ = toy_data.make_batch(cfg, 4, np.random.default_rng(0))
     x, _, target = dec.training_example(actions, jax.random.key(1))
     assert np.all(np.asarray(x)[..., 4:] == 0) and np.all(np.asarray(target)[..., 4:] == 0)
     params = cfg.init(jax.random.key(0))
@@ -151,7 +152,7 @@ def test_flow_steps_are_traced_and_match_the_static_scan():
     cfg = model_config("pi0_tiny", FlowConfig(), real_action_dim=4, image_resolution=(16, 16), action_horizon=4)
     dec = make_decoder(cfg)
     params = cfg.init(jax.random.key(0))
-    obs, _, _ = toy.make_batch(cfg, 2, np.random.default_rng(0))
+    obs, _, _ = toy_data.make_batch(cfg, 2, np.random.default_rng(0))
     traced = jax.jit(lambda p, o, r, n: dec.decode(p, o, r, settings=DecodeSettings(max_iters=n)))
     for n in (3, 10):
         a, stats = traced(params, obs, jax.random.key(1), jnp.int32(n))

@@ -114,7 +114,7 @@ def test_flow_policy_from_params_runs():
     cfg = get_config("debug")  # toy data: no robot transforms; feed model-ready inputs
     params = cfg.model.init(jax.random.key(0))
     policy = policy_from_params(cfg, params, None)
-    from pi0_eqm.toy import ToySource
+    from pi0_eqm.training.toy_data import ToySource
 
     sample = ToySource(cfg.model, 1)[0]
     out = policy.infer({k: v for k, v in sample.items() if k not in ("actions", "action_is_pad")})

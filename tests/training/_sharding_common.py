@@ -27,7 +27,7 @@ def setup():
     import optax
 
     from pi0_eqm.decoders import make_decoder
-    from pi0_eqm.toy import make_batch
+    from pi0_eqm.training.toy_data import make_batch
     from pi0_eqm.training.train_step import init_train_state
     from pi0_eqm.training.train_step import make_train_step
 

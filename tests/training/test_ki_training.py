@@ -82,7 +82,7 @@ def test_ki_pipeline_checkpoint_export_and_policy(trained_ki_libero, tmp_path):
     out = export_checkpoint(step_dir, tmp_path / "exported")
     assert FastTokenizer.load(out / "assets" / cfg.data.asset_id / FAST_TOKENIZER_DIR).encode(chunk) == tok.encode(chunk)
 
-    from pi0_eqm.analysis.ki import backbone_vs_expert
+    from pi0_eqm_experiments.analysis.ki import backbone_vs_expert
 
     diag = backbone_vs_expert(cfg, step_dir, n=4)
     assert diag["chunks"] == 4 and 0 <= diag["fast_valid"] <= 1 and 0 <= diag["fast_acc_teacher_forced"] <= 1

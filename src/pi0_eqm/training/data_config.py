@@ -214,7 +214,7 @@ class EpisodicDataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ToyDataConfig:
-    """The generated toy task (``pi0_eqm.toy``): model-ready samples, no transforms or norm stats."""
+    """The generated toy task (``pi0_eqm.training.toy_data``): model-ready samples, no transforms or norm stats."""
 
     num_samples: int = 4096
     asset_id: str | None = None
@@ -223,7 +223,7 @@ class ToyDataConfig:
         fast, transforms = None, _t.Group()
         if model.ki is not None:  # no assets: fit FAST on 1024 generated chunks (deterministic, well under a second)
             from pi0_eqm.models.fast import FastTokenizer
-            from pi0_eqm.toy import ToySource
+            from pi0_eqm.training.toy_data import ToySource
 
             source = ToySource(model, 1024, seed=0)
             real = model.real_action_dim or model.action_dim

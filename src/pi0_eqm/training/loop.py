@@ -42,7 +42,7 @@ def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count:
         raise ValueError(f"global batch size {config.batch_size} is not divisible by {shard_count} processes")
     local_batch = config.batch_size // shard_count
     if isinstance(config.data, ToyDataConfig):
-        from pi0_eqm.toy import ToySource
+        from pi0_eqm.training.toy_data import ToySource
 
         source = ToySource(config.model, config.data.num_samples, seed=config.seed)
         transform = _t.compose(list(data_cfg.model_transforms.inputs)) if data_cfg.model_transforms.inputs else None

@@ -1,4 +1,4 @@
-"""A generated, learnable toy task for the tiny end-to-end demo and the tests (no simulator, no downloads).
+"""The generated toy task behind the ``debug*`` configs (``ToyDataConfig``): no simulator, no downloads.
 
 Each sample shows one of ``num_goals`` goal colours in the base image (the wrist image is noise), a prompt that names
 the goal by token id, and a random 4-d state. The action chunk (absolute targets) moves each real dim toward the goal
@@ -76,58 +76,6 @@ def make_batch(config: Pi0Config, batch_size: int, rng: np.random.Generator, num
     state = rng.uniform(-1.0, 1.0, (batch_size, d)).astype(np.float32)
     actions = chunk_from(config, state, goals(num_goals, d)[ids])
     return make_obs(config, ids, state, rng), actions, ids
-
-
-def train(config: Pi0Config, *, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-          log_every: int = 0, progress: bool = False):
-    """Trains ``config``'s decoder on the toy task from random init. Returns ``(params, losses)``."""
-    import jax
-    from tqdm import tqdm
-
-    from pi0_eqm.decoders import make_decoder
-    from pi0_eqm.training.optimizer import AdamW
-    from pi0_eqm.training.optimizer import CosineDecaySchedule
-    from pi0_eqm.training.train_step import init_train_state
-    from pi0_eqm.training.train_step import make_train_step
-
-    decoder = make_decoder(config)
-    schedule = CosineDecaySchedule(warmup_steps=max(1, steps // 20), peak_lr=lr, decay_steps=steps, decay_lr=lr / 10)
-    tx = AdamW(weight_decay=1e-10).create(schedule.create())
-    params = config.init(jax.random.key(seed))
-    state = init_train_state(params, tx, jax.random.key(seed + 1), ema=False)
-    step_fn = jax.jit(make_train_step(decoder, tx, ema_decay=None), donate_argnums=0)
-    rng = np.random.default_rng(seed)
-    losses = []
-    for i in tqdm(range(steps), disable=not progress, desc="train", leave=False):
-        obs, actions, _ = make_batch(config, batch_size, rng)
-        state, metrics = step_fn(state, obs, actions)
-        losses.append(float(metrics["loss"]))
-        if log_every and (i + 1) % log_every == 0:
-            print(f"step {i + 1:5d}  loss {np.mean(losses[-log_every:]):.4f}")
-    return state.params, np.asarray(losses)
-
-
-def evaluate(config: Pi0Config, params, *, batch_size: int = 64, seed: int = 100, settings=None):
-    """Decodes held-out toy batches; returns action RMS error (real dims) and solver statistics."""
-    import jax
-
-    from pi0_eqm.decoders import make_decoder
-
-    decoder = make_decoder(config)
-    obs, actions, _ = make_batch(config, batch_size, np.random.default_rng(seed))
-    decode = jax.jit(lambda p, o, r: decoder.decode(p, o, r, settings=settings))
-    pred, stats = decode(params, obs, jax.random.key(seed))
-    d = config.real_action_dim or config.action_dim
-    err = np.sqrt(np.mean((np.asarray(pred)[..., :d] - actions[..., :d]) ** 2))
-    baseline = np.sqrt(np.mean(actions[..., :d] ** 2))
-    return {
-        "action_rmse": float(err),
-        "zero_predictor_rmse": float(baseline),
-        "iterations_mean": float(np.mean(stats.iterations)),
-        "iterations_p90": float(np.percentile(np.asarray(stats.iterations), 90)),
-        "residual_mean": float(np.mean(stats.residual)),
-        "converged_frac": float(np.mean(stats.converged)),
-    }
 
 
 class ToySource:

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_eqm import toy
 from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.eqm import EqmDecoder
 from pi0_eqm.decoders.warm_start import warm_start_init
 from pi0_eqm.models.pi0 import Pi0
 from pi0_eqm.models.pi0 import Pi0Config
+from pi0_eqm.training import toy_data as toy
 
 
 def _median_time(fn, *args, repeats: int) -> float:

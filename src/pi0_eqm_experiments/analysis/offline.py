@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_eqm.analysis.iterates import policy_model_inputs
-from pi0_eqm.analysis.iterates import to_model
 from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.envs import metaworld as mw
 from pi0_eqm.models.observation import Observation
+from pi0_eqm_experiments.analysis.iterates import policy_model_inputs
+from pi0_eqm_experiments.analysis.iterates import to_model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ QUICK_TASKS = ("drawer-open-v3", "window-open-v3")  # the tasks the notebook ins
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     """Whether ``run_dir`` holds a complete checkpoint step (or is one)."""
-    from pi0_eqm.benchmarks.metaworld import latest_step_dir
+    from pi0_eqm_experiments.benchmarks.metaworld import latest_step_dir
 
     try:
         latest_step_dir(run_dir)
@@ -88,10 +88,10 @@ def load_or_train_policy(checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, *, 
     """The policy of ``checkpoint`` (a run or step directory of ``pi0_eqm_metaworld``) if it exists, else of a quick
     model from :func:`train_quick_model` (``quick``: its keyword arguments). Returns ``(policy, info)`` with
     ``info = {"source": "checkpoint" | "quick", "run_dir", "step_dir", "config"}``."""
-    from pi0_eqm.benchmarks.metaworld import latest_step_dir
-    from pi0_eqm.benchmarks.metaworld import load_policy
     from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm.training.config import get_config
+    from pi0_eqm_experiments.benchmarks.metaworld import latest_step_dir
+    from pi0_eqm_experiments.benchmarks.metaworld import load_policy
 
     settings = settings or PolicySettings()
     if has_checkpoint(checkpoint):

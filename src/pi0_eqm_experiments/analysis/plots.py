@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from pi0_eqm.analysis.iterates import SolveRecord
-from pi0_eqm.analysis.iterates import distance_to
-from pi0_eqm.analysis.iterates import per_dim_convergence
-from pi0_eqm.analysis.iterates import stop_points
+from pi0_eqm_experiments.analysis.iterates import SolveRecord
+from pi0_eqm_experiments.analysis.iterates import distance_to
+from pi0_eqm_experiments.analysis.iterates import per_dim_convergence
+from pi0_eqm_experiments.analysis.iterates import stop_points
 
 METAWORLD_DIMS = ("Δx", "Δy", "Δz", "gripper")
 _EPS_COLORS = ("tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
@@ -160,7 +160,7 @@ def plot_gap(records: Mapping[str, SolveRecord], expert: np.ndarray, thresholds:
 
 def plot_iterations_cold_warm(stats: Mapping[str, Mapping[float, Mapping[str, float]]], *, ax=None,
                               title: str | None = None):
-    """Grouped bars of mean field evaluations to reach each ε (from :func:`~pi0_eqm.analysis.iterates.solve_statistics`),
+    """Grouped bars of mean field evaluations to reach each ε (from :func:`~pi0_eqm_experiments.analysis.iterates.solve_statistics`),
     one bar per start (cold / warm), annotated with the fraction of solves that reached ε within the budget."""
     fig, ax = _axes(ax)
     names = list(stats)

@@ -34,7 +34,7 @@ def create_trained_policy(config: TrainConfig, checkpoint_dir: str | Path, *, se
                           default_prompt: str | None = None) -> Policy:
     """``checkpoint_dir`` is a step directory (``<run>/<step>``) or an exported directory with ``params/`` and
     ``assets/<asset_id>/norm_stats.json``. Norm stats come from the checkpoint, not from the config's assets dir."""
-    from pi0_eqm.training.checkpoints import restore_params
+    from pi0_eqm.training.params_io import restore_params
 
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / "params").exists():

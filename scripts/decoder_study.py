@@ -23,18 +23,18 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
+from pi0_eqm.decoders.settings import DecoderSettings  # noqa: E402
 from pi0_eqm.envs.stats import paired_comparison  # noqa: E402
 from pi0_eqm.envs.stats import seed_mean_interval  # noqa: E402
 from pi0_eqm.envs.stats import success_summary  # noqa: E402
 from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
-from pi0_eqm.policies.policy import PolicySettings  # noqa: E402
 from pi0_eqm_experiments.benchmarks import metaworld as bench  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
     decoder: str  # "eqm" | "flow"
-    settings: dict  # PolicySettings fields (executed is set from --replan-every)
+    settings: dict  # DecoderSettings fields (executed is set from --replan-every)
     variant: str = "default"  # EqM training variant (bench.EQM_TRAIN_VARIANTS)
 
 
@@ -107,7 +107,7 @@ def run_arm(args: Args, name: str, seed: int, data_path: str) -> dict:
                               checkpoint_base_dir=args.checkpoint_base_dir, assets_base_dir=args.assets_base_dir,
                               decoder_updates=bench.EQM_TRAIN_VARIANTS[arm.variant] if arm.decoder == "eqm" else None)
     bench.train_or_reuse(cfg, False, args.progress)
-    settings = PolicySettings(**arm.settings, executed=args.replan_every)
+    settings = DecoderSettings(**arm.settings, executed=args.replan_every)
     policy = bench.load_policy(cfg, cfg.checkpoint_dir, settings)
     res = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,
                                 seed=args.eval_seed, max_steps=args.max_steps, tasks=args.tasks,

@@ -17,9 +17,9 @@ import jax  # noqa: E402
 import tyro  # noqa: E402
 
 from pi0_eqm.decoders.base import DecodeSettings  # noqa: E402
-from pi0_eqm.decoders.config import EqmConfig  # noqa: E402
-from pi0_eqm.decoders.config import FlowConfig  # noqa: E402
 from pi0_eqm.models.configs import model_config  # noqa: E402
+from pi0_eqm.models.decoder_config import EqmConfig  # noqa: E402
+from pi0_eqm.models.decoder_config import FlowConfig  # noqa: E402
 from pi0_eqm_experiments import toy  # noqa: E402
 
 

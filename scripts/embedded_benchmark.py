@@ -39,9 +39,9 @@ class Args:
 
 
 def main(args: Args) -> dict:
+    from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.envs.demos import generate_dataset
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
-    from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm.training.data_config import data_home
     from pi0_eqm_experiments.benchmarks import metaworld as bench
 
@@ -67,7 +67,7 @@ def main(args: Args) -> dict:
         bench.train_or_reuse(cfg, args.retrain, args.progress)
         timings[f"train_{dec}_s"] = time.time() - t
         t = time.time()
-        settings = PolicySettings(executed=args.replan_every)
+        settings = DecoderSettings(executed=args.replan_every)
         policy = bench.load_policy(cfg, cfg.checkpoint_dir, settings)
         res = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,
                                     seed=args.eval_seed, max_steps=args.max_steps, tasks=tasks,

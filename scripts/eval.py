@@ -18,7 +18,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import tyro  # noqa: E402
 
-from pi0_eqm.policies.policy import PolicySettings  # noqa: E402
+from pi0_eqm.decoders.settings import DecoderSettings  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -30,7 +30,7 @@ class Args:
     seed: int = 1000  # evaluation seed (demos use 0: held-out configurations)
     max_steps: int = 200
     tasks: tuple[str, ...] | None = None
-    decoder: Annotated[PolicySettings, tyro.conf.OmitArgPrefixes] = PolicySettings()  # executed := replan_every
+    decoder: Annotated[DecoderSettings, tyro.conf.OmitArgPrefixes] = DecoderSettings()  # executed := replan_every
     videos_per_task: int = 0
     out: str = "results/eval"
 

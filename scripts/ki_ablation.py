@@ -93,9 +93,9 @@ def _plot(path: str, results: dict, title: str) -> None:
 
 
 def main(args: Args) -> dict:
+    from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.envs.demos import generate_dataset
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
-    from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm.policies.policy_config import create_trained_policy
     from pi0_eqm.training.data_config import data_home
     from pi0_eqm_experiments.benchmarks import metaworld as bench
@@ -135,7 +135,7 @@ def main(args: Args) -> dict:
             if not (step_dir / "params").exists():
                 raise FileNotFoundError(f"{step_dir} missing; rerun with --retrain to keep every {args.eval_every}")
             t = time.time()
-            policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(executed=args.replan_every))
+            policy = create_trained_policy(cfg, step_dir, settings=DecoderSettings(executed=args.replan_every))
             res = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task,
                                         replan_every=args.replan_every, seed=args.eval_seed, max_steps=args.max_steps,
                                         tasks=tasks, resolution=cfg.model.image_resolution[0],

@@ -17,7 +17,7 @@ from typing import Annotated
 import numpy as np
 import tyro
 
-from pi0_eqm.policies.policy import PolicySettings
+from pi0_eqm.decoders.settings import DecoderSettings
 
 
 @dataclasses.dataclass
@@ -29,7 +29,7 @@ class Args:
     requests: int = 25
     max_workers: int = 1
     max_seconds: float = 300.0
-    decoder: Annotated[PolicySettings, tyro.conf.OmitArgPrefixes] = PolicySettings()  # --preset --max-iters ... as eval
+    decoder: Annotated[DecoderSettings, tyro.conf.OmitArgPrefixes] = DecoderSettings()  # --preset --max-iters ... as eval
     out: str | None = None
 
 

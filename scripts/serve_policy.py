@@ -17,7 +17,7 @@ from typing import Annotated
 
 import tyro
 
-from pi0_eqm.policies.policy import PolicySettings
+from pi0_eqm.decoders.settings import DecoderSettings
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class Args:
     host: str = "0.0.0.0"
     # Decoder settings (--preset, --threshold, --max-iters, --step-size, --momentum, --variant, --guard, --warm-start,
     # --executed: actions the client executes per chunk, openpi LIBERO: replan_steps = 5).
-    decoder: Annotated[PolicySettings, tyro.conf.OmitArgPrefixes] = PolicySettings()
+    decoder: Annotated[DecoderSettings, tyro.conf.OmitArgPrefixes] = DecoderSettings()
     default_prompt: str | None = None
     image_size: int | None = None  # expected camera size (default: 224 for LIBERO/ALOHA, the model's for Meta-World)
     max_workers: int = 1

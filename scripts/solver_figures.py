@@ -49,8 +49,8 @@ def make_figures(args: Args) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.envs.metaworld import MetaWorldEnv
-    from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm_experiments.analysis import iterates as it
     from pi0_eqm_experiments.analysis import plots
     from pi0_eqm_experiments.analysis.model import load_or_train_policy
@@ -59,7 +59,7 @@ def make_figures(args: Args) -> dict:
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     policy, info = load_or_train_policy(args.checkpoint, workdir=args.workdir,
-                                        settings=PolicySettings(executed=args.replan_every))
+                                        settings=DecoderSettings(executed=args.replan_every))
     print(f"model: {info['source']} ({info['step_dir']}), {time.time() - t0:.0f} s")
     written, summary = [], {"model": {k: v for k, v in info.items() if k != "config"}, "tasks": {}}
 
@@ -115,7 +115,7 @@ def make_figures(args: Args) -> dict:
     if args.closed_loop_episodes > 0:
         rows = {}
         for eps in args.closed_loop_thresholds:
-            pol = it.policy_with_settings(policy, PolicySettings(executed=args.replan_every, threshold=eps))
+            pol = it.policy_with_settings(policy, DecoderSettings(executed=args.replan_every, threshold=eps))
             res = bench.evaluate_policy(pol, tasks=args.tasks, episodes_per_task=args.closed_loop_episodes,
                                         replan_every=args.replan_every, seed=args.eval_seed,
                                         max_steps=args.max_steps, progress=False)

@@ -16,35 +16,35 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
+from pi0_eqm.decoders.settings import DecoderSettings  # noqa: E402
 from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
-from pi0_eqm.policies.policy import PolicySettings  # noqa: E402
 from pi0_eqm.training.config import get_config  # noqa: E402
 from pi0_eqm_experiments.analysis import offline  # noqa: E402
 from pi0_eqm_experiments.benchmarks import metaworld as bench  # noqa: E402
 
-# name → PolicySettings (explicit, so a row keeps its meaning if the defaults change); "paper, never stop" is the
+# name → DecoderSettings (explicit, so a row keeps its meaning if the defaults change); "paper, never stop" is the
 # reference chunk.
 A = dict(preset="action")
 F = dict(step_size=0.05, momentum=0.5)  # the study's first candidate: converges to the root in ≈ 16 forwards
 SETTINGS = {
-    "paper (η .003, μ .3, ≤300)": PolicySettings(preset="paper"),
-    "paper, never stop (300)": PolicySettings(preset="paper", threshold=0.0),
-    "default (η .03, μ .3, ≤10)": PolicySettings(**A),
-    "η .03 μ .3 ≤5": PolicySettings(**A, max_iters=5),
-    "η .03 μ .3 ≤20": PolicySettings(**A, max_iters=20),
-    "η .05 μ .5 ≤5": PolicySettings(**A, **F, max_iters=5),
-    "η .05 μ .5 ≤10": PolicySettings(**A, **F),
-    "η .05 μ .5 ≤20": PolicySettings(**A, **F, max_iters=20),
-    "η .05 μ .5 ≤10, no guard": PolicySettings(**A, **F, guard=False),
-    "η .08 μ .5 ≤10": PolicySettings(**A, step_size=0.08, momentum=0.5),
-    "η .2 μ .5 ≤10 (guard)": PolicySettings(**A, step_size=0.2, momentum=0.5),
-    "η .2 μ .5 ≤10, no guard": PolicySettings(**A, step_size=0.2, momentum=0.5, guard=False),
-    "gd η .05 ≤10": PolicySettings(**A, variant="gd", step_size=0.05),
-    "bb ≤5": PolicySettings(preset="bb", max_iters=5),
-    "bb ≤10": PolicySettings(preset="bb"),
-    "bb ≤20": PolicySettings(preset="bb", max_iters=20),
-    "η .05 μ .5 ≤10, ε 1e-1": PolicySettings(**A, **F, threshold=1e-1),
-    "η .05 μ .5 ≤10, never stop": PolicySettings(**A, **F, threshold=0.0),
+    "paper (η .003, μ .3, ≤300)": DecoderSettings(preset="paper"),
+    "paper, never stop (300)": DecoderSettings(preset="paper", threshold=0.0),
+    "default (η .03, μ .3, ≤10)": DecoderSettings(**A),
+    "η .03 μ .3 ≤5": DecoderSettings(**A, max_iters=5),
+    "η .03 μ .3 ≤20": DecoderSettings(**A, max_iters=20),
+    "η .05 μ .5 ≤5": DecoderSettings(**A, **F, max_iters=5),
+    "η .05 μ .5 ≤10": DecoderSettings(**A, **F),
+    "η .05 μ .5 ≤20": DecoderSettings(**A, **F, max_iters=20),
+    "η .05 μ .5 ≤10, no guard": DecoderSettings(**A, **F, guard=False),
+    "η .08 μ .5 ≤10": DecoderSettings(**A, step_size=0.08, momentum=0.5),
+    "η .2 μ .5 ≤10 (guard)": DecoderSettings(**A, step_size=0.2, momentum=0.5),
+    "η .2 μ .5 ≤10, no guard": DecoderSettings(**A, step_size=0.2, momentum=0.5, guard=False),
+    "gd η .05 ≤10": DecoderSettings(**A, variant="gd", step_size=0.05),
+    "bb ≤5": DecoderSettings(preset="bb", max_iters=5),
+    "bb ≤10": DecoderSettings(preset="bb"),
+    "bb ≤20": DecoderSettings(preset="bb", max_iters=20),
+    "η .05 μ .5 ≤10, ε 1e-1": DecoderSettings(**A, **F, threshold=1e-1),
+    "η .05 μ .5 ≤10, never stop": DecoderSettings(**A, **F, threshold=0.0),
 }
 
 
@@ -65,7 +65,7 @@ def main(args: Args) -> dict:
     cfg = get_config(args.config)
     decoder = dataclasses.replace(cfg.model.decoder, **bench.EQM_TRAIN_VARIANTS[args.variant])
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, decoder=decoder))
-    policy = bench.load_policy(cfg, args.checkpoint, PolicySettings())
+    policy = bench.load_policy(cfg, args.checkpoint, DecoderSettings())
     states = offline.expert_states(DEFAULT_TASKS, seed=args.seed, episodes_per_task=args.episodes_per_task,
                                    horizon=cfg.model.action_horizon, every=args.every,
                                    resolution=cfg.model.image_resolution[0])

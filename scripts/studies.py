@@ -71,8 +71,8 @@ def _plot_lines(path, xs, series: dict, xlabel: str, ylabel: str, title: str, lo
 
 
 def main(args: Args) -> dict:
+    from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
-    from pi0_eqm.policies.policy import PolicySettings
     from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     os.makedirs(args.out, exist_ok=True)
@@ -81,7 +81,7 @@ def main(args: Args) -> dict:
         for eps in args.thresholds:
             label = "never" if eps <= 0 else f"{eps:.0e}"
             rows[f"eqm, eps={label}"] = _run("pi0_eqm_metaworld", args,
-                                             PolicySettings(threshold=eps, max_iters=args.max_iters,
+                                             DecoderSettings(threshold=eps, max_iters=args.max_iters,
                                                             executed=args.replan_every))
         labels = ["never" if e <= 0 else f"{e:.0e}" for e in args.thresholds]
         rs = list(rows.values())
@@ -94,7 +94,7 @@ def main(args: Args) -> dict:
     else:
         for mode in ("off", "paper_half", "aligned"):
             rows[f"eqm, warm start {mode}"] = _run("pi0_eqm_metaworld", args,
-                                                   PolicySettings(warm_start=mode, max_iters=args.max_iters,
+                                                   DecoderSettings(warm_start=mode, max_iters=args.max_iters,
                                                                   executed=args.replan_every))
         rs = list(rows.values())
         _plot_lines(os.path.join(args.out, "warmstart.png"), ["cold", "paper half", "aligned"],

@@ -9,8 +9,8 @@ import pytest
 
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.decoders.base import DecodeSettings
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.solver import normalized_residual
-from pi0_eqm.policies.policy import PolicySettings
 from pi0_eqm.policies.policy_config import policy_from_params
 from pi0_eqm.training.config import get_config
 from pi0_eqm_experiments.analysis import iterates as it
@@ -121,7 +121,7 @@ def random_policy():
     params = cfg.model.init(jax.random.key(0))
     stats = {"state": NormStats(mean=np.full(4, 0.3), std=np.full(4, 0.2)),
              "actions": NormStats(mean=np.array([0.0, 0.1, -0.1, 0.0]), std=np.array([0.5, 0.5, 0.5, 0.9]))}
-    return policy_from_params(cfg, params, stats, settings=PolicySettings(executed=4))
+    return policy_from_params(cfg, params, stats, settings=DecoderSettings(executed=4))
 
 
 SHORT = DecodeSettings(threshold=0.0, max_iters=24)
@@ -153,7 +153,7 @@ def test_record_solve_shapes_and_robot_space(random_policy):
 def contracting_policy(random_policy):
     """The same policy with the network's field replaced by a contracting one, f(A) = 20·(A − s₀) (s₀: first normalized
     state entry), so residuals fall geometrically and thresholds are crossed inside a short budget."""
-    pol = it.policy_with_settings(random_policy, PolicySettings())
+    pol = it.policy_with_settings(random_policy, DecoderSettings())
     pol._decoder.field_fn = lambda params, obs: (lambda a: 20.0 * (a - obs.state[:, None, :1]))
     return pol
 
@@ -178,9 +178,9 @@ def test_full_trajectory_predicts_what_a_thresholded_solve_returns(contracting_p
     assert not np.allclose(stopped.actions, full.actions, atol=1e-3)  # stopping early did change the chunk
     # ... and it is what the policy's own (non-recording) decode returns from the same initial iterate.
     model_obs, _ = it.policy_model_inputs(pol, obs)
-    ds = PolicySettings(preset="paper", threshold=eps, max_iters=60).decode_settings(pol.config.decoder)
+    ds = pol.decoder.resolve(DecoderSettings(preset="paper", threshold=eps, max_iters=60))
     actions, iters, _, _ = pol._decode_fn(ds.variant)(pol.params, model_obs, jax.random.key(0), full.init[None],
-                                                      pol.knobs(ds))
+                                                      pol.decoder.traced(ds))
     assert int(iters[0]) == k_star + 1
     np.testing.assert_allclose(it.to_robot(pol, obs, np.asarray(actions[0])), stopped.actions, rtol=1e-5, atol=1e-6)
 
@@ -204,7 +204,7 @@ def test_warm_start_from_shifts_the_previous_chunk_in_model_space(random_policy)
 
 
 def test_policy_with_settings_shares_params(random_policy):
-    pol = it.policy_with_settings(random_policy, PolicySettings(threshold=0.0, max_iters=5))
+    pol = it.policy_with_settings(random_policy, DecoderSettings(threshold=0.0, max_iters=5))
     assert pol.params is random_policy.params and pol.settings.max_iters == 5
     out = pol.infer(_metaworld_obs(np.random.default_rng(3)))
     assert out["actions"].shape == (random_policy.config.action_horizon, 4) and out["solver"]["iterations"] == 5

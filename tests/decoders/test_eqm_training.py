@@ -12,13 +12,13 @@ import optax
 import pytest
 
 from pi0_eqm.decoders import make_decoder
-from pi0_eqm.decoders.config import SOLVER_PRESETS
-from pi0_eqm.decoders.config import EqmConfig
-from pi0_eqm.decoders.config import FlowConfig
-from pi0_eqm.decoders.config import SolverConfig
 from pi0_eqm.decoders.eqm import eqm_training_pair
 from pi0_eqm.decoders.solver import solve
 from pi0_eqm.models.configs import model_config
+from pi0_eqm.models.decoder_config import SOLVER_PRESETS
+from pi0_eqm.models.decoder_config import EqmConfig
+from pi0_eqm.models.decoder_config import FlowConfig
+from pi0_eqm.models.decoder_config import SolverConfig
 from pi0_eqm.training import toy_data
 from pi0_eqm_experiments import toy
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from pi0_eqm.data.normalize import NormStats
-from pi0_eqm.policies.policy import PolicySettings
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy_config import policy_from_params
 from pi0_eqm.serving.schema import aloha_schema
 from pi0_eqm.serving.server import PolicyServer
@@ -51,7 +51,7 @@ def test_robotwin_contract_against_server():
     cfg = get_config("debug_aloha")
     stats = {"state": NormStats(np.zeros(14), np.ones(14)), "actions": NormStats(np.zeros(14), np.ones(14))}
     policy = policy_from_params(cfg, cfg.model.init(jax.random.key(0)), stats,
-                                settings=PolicySettings(max_iters=10, executed=3, warm_start="aligned"))
+                                settings=DecoderSettings(max_iters=10, executed=3, warm_start="aligned"))
     server = PolicyServer(policy, host="127.0.0.1", port=0, schema=aloha_schema())
     port = server.start()
     try:

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pi0_eqm.decoders import EqmConfig
-from pi0_eqm.decoders import FlowConfig
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.decoders.ki import ki_losses
 from pi0_eqm.models.configs import model_config
+from pi0_eqm.models.decoder_config import EqmConfig
+from pi0_eqm.models.decoder_config import FlowConfig
 from pi0_eqm.models.fast import FastTokenizer
 from pi0_eqm.models.ki import FastTokenLayout
 from pi0_eqm.models.ki import KIConfig

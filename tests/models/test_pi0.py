@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pi0_eqm.decoders.config import FlowConfig
 from pi0_eqm.models.configs import model_config
+from pi0_eqm.models.decoder_config import FlowConfig
 from pi0_eqm.models.observation import make_attn_mask
 from pi0_eqm.models.observation import posemb_sincos
 from pi0_eqm.models.pi0 import Pi0

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.errors import InvalidRequestError
-from pi0_eqm.policies.policy import PolicySettings
 from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.policies.policy_config import policy_from_params
 from pi0_eqm.training.config import get_config
@@ -15,7 +15,7 @@ from tests.policies.conftest import libero_obs
 def test_policy_infers_libero_actions_and_warm_starts(trained_libero):
     cfg, step_dir = trained_libero
     assert (step_dir / "assets" / "physical-intelligence/libero" / "norm_stats.json").is_file()
-    settings = PolicySettings(threshold=1e-2, max_iters=40, executed=2, warm_start="aligned")
+    settings = DecoderSettings(threshold=1e-2, max_iters=40, executed=2, warm_start="aligned")
     policy = create_trained_policy(cfg, step_dir, settings=settings)
     rng = np.random.default_rng(0)
     out = policy.infer(libero_obs(rng), session="a")
@@ -45,7 +45,7 @@ def test_default_settings_decode_cold_at_ten_forwards(trained_libero):
     outs = [policy.infer(libero_obs(rng), session="d") for _ in range(2)]
     assert [o["solver"]["warm_started"] for o in outs] == [False, False]
     assert all(1 <= o["solver"]["iterations"] <= 10 for o in outs)
-    ds = PolicySettings().decode_settings(cfg.model.decoder)
+    ds = policy.decoder.resolve(DecoderSettings())
     assert (ds.step_size, ds.momentum, ds.max_iters, ds.threshold, ds.guard) == (0.03, 0.3, 10, 1e-2, False)
 
 
@@ -53,7 +53,7 @@ def test_one_compiled_decode_serves_every_solver_setting(trained_libero):
     """ε, the cap, η, μ and the guard reach the solver as traced values: many different settings, one compilation;
     a new variant compiles once more. Presets fill what a request leaves unset."""
     cfg, step_dir = trained_libero
-    policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(executed=2))
+    policy = create_trained_policy(cfg, step_dir, settings=DecoderSettings(executed=2))
     rng = np.random.default_rng(3)
     requests = [{"max_iters": 3, "warm_start": "off"}, {"max_iters": 7, "threshold": 0.0},
                 {"step_size": 0.01, "momentum": 0.0, "max_iters": 4}, {"threshold": 1e-4, "guard": False},
@@ -67,9 +67,9 @@ def test_one_compiled_decode_serves_every_solver_setting(trained_libero):
     assert 1 <= out["solver"]["iterations"] <= 4
     assert sorted(policy._decode_cache) == ["bb", "nesterov"]
     # The preset's values are what ran: the paper preset's cap applies when the request gives none.
-    resolved = PolicySettings(preset="paper").decode_settings(cfg.model.decoder)
+    resolved = policy.decoder.resolve(DecoderSettings(preset="paper"))
     assert (resolved.step_size, resolved.momentum, resolved.max_iters, resolved.guard) == (0.003, 0.3, 300, False)
-    resolved = PolicySettings(preset="paper", step_size=0.01).decode_settings(cfg.model.decoder)
+    resolved = policy.decoder.resolve(DecoderSettings(preset="paper", step_size=0.01))
     assert resolved.step_size == 0.01 and resolved.max_iters == 300
 
 
@@ -79,7 +79,7 @@ def test_one_compiled_decode_serves_every_solver_setting(trained_libero):
     ({"momentum": 1.0}, r"momentum \(μ\) must be in \[0, 1\)"),
     ({"momentum": -0.5}, r"momentum \(μ\) must be in \[0, 1\)"),
     ({"variant": "adam"}, "solver variant must be one of"),
-    ({"preset": "fast"}, "unknown solver preset 'fast'"),
+    ({"preset": "fast"}, r"solver preset must be one of \[.action., .paper., .bb.\], got 'fast'"),
     ({"guard": "yes"}, "guard must be true or false"),
     ({"max_iters": 0}, "max_iters must be an int"),
 ])
@@ -89,7 +89,7 @@ def test_wrong_solver_settings_are_clear_errors(trained_libero, bad, message):
     with pytest.raises(InvalidRequestError, match=message):
         policy.infer({**libero_obs(np.random.default_rng(4)), "decoder_settings": bad})
     with pytest.raises(ValueError, match=message):
-        PolicySettings(**bad)
+        DecoderSettings(**bad)
 
 
 def test_delta_actions_round_trip_through_policy_outputs(trained_libero):

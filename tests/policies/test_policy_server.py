@@ -6,7 +6,7 @@ import textwrap
 
 import numpy as np
 
-from pi0_eqm.policies.policy import PolicySettings
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.serving.schema import libero_schema
 from pi0_eqm.serving.server import PolicyServer
@@ -46,7 +46,7 @@ CLIENT = textwrap.dedent(
 
 def test_openpi_client_drives_the_real_policy(trained_libero, openpi_client_python):  # noqa: F811
     cfg, step_dir = trained_libero
-    policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(max_iters=30, executed=5, warm_start="aligned"))
+    policy = create_trained_policy(cfg, step_dir, settings=DecoderSettings(max_iters=30, executed=5, warm_start="aligned"))
     server = PolicyServer(policy, host="127.0.0.1", port=0, metadata={"config": cfg.name}, schema=libero_schema())
     port = server.start()
     try:
@@ -66,6 +66,6 @@ def test_openpi_client_drives_the_real_policy(trained_libero, openpi_client_pyth
     assert "unknown decoder settings" in settings_err
     assert "step_size (η) must be > 0" in eta_err
     assert "momentum (μ) must be in [0, 1)" in mu_err
-    assert "unknown solver preset 'fast'" in preset_err
+    assert "solver preset must be one of ['action', 'paper', 'bb'], got 'fast'" in preset_err
     assert "solver variant must be one of" in variant_err
     assert r["after"] == [cfg.model.action_horizon, 7]

@@ -53,9 +53,9 @@ def test_export_bf16_via_cli(trained_libero, tmp_path):  # noqa: F811
 
 def test_flow_and_eqm_param_trees_are_identical():
     """EqM feeds t ≡ 0 through π₀'s time path, so its checkpoints have exactly π₀'s tree (openpi can load both)."""
-    from pi0_eqm.decoders.config import EqmConfig
-    from pi0_eqm.decoders.config import FlowConfig
     from pi0_eqm.models.configs import model_config
+    from pi0_eqm.models.decoder_config import EqmConfig
+    from pi0_eqm.models.decoder_config import FlowConfig
 
     f = jax.eval_shape(lambda: model_config("pi0_tiny", FlowConfig()).init(jax.random.key(0)))
     e = jax.eval_shape(lambda: dataclasses.replace(model_config("pi0_tiny"), decoder=EqmConfig()).init(

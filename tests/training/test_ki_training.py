@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.models.fast import FastTokenizer
 from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
 from pi0_eqm.models.ki import KIConfig
-from pi0_eqm.policies.policy import PolicySettings
 from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.training import loop
 from pi0_eqm.training.config import get_config
@@ -89,7 +89,7 @@ def test_ki_pipeline_checkpoint_export_and_policy(trained_ki_libero, tmp_path):
     assert diag["fast_ce"] > 0 and diag["expert_rmse"] > 0 and diag["fast_rmse_all"] > 0
 
     # Inference is unchanged by KI: images + prompt prefix, the expert decodes.
-    policy = create_trained_policy(cfg, step_dir, settings=PolicySettings(max_iters=5))
+    policy = create_trained_policy(cfg, step_dir, settings=DecoderSettings(max_iters=5))
     actions = policy.infer(libero_obs(np.random.default_rng(1)))["actions"]
     assert actions.shape == (cfg.model.action_horizon, 7) and np.isfinite(actions).all()
 

@@ -1,5 +1,6 @@
 import json
 import logging
+import types
 
 import jax
 import jax.numpy as jnp
@@ -146,7 +147,9 @@ def test_sharded_step_single_device_matches_plain_jit():
     from pi0_eqm.training.train_step import init_train_state
     from pi0_eqm.training.train_step import make_train_step
 
-    class Linear:  # a decoder-shaped toy: loss(params, obs, actions, rng) -> [B, H]
+    class Linear:  # a decoder-shaped toy: loss(params, obs, actions, rng) -> [B, H], no knowledge insulation
+        config = types.SimpleNamespace(ki=None)
+
         def loss(self, params, obs, actions, rng):
             pred = obs["x"] @ params["w"] + 0.0 * jax.random.normal(rng, ())
             return jnp.mean((pred[:, None, :] - actions) ** 2, axis=-1)

@@ -1,20 +1,18 @@
-"""Action decoders: flow matching (openpi) and Equilibrium Matching, behind one interface."""
+"""Action decoders behind one interface (``base.Decoder``), registered by the ``kind`` of their config."""
 
-from pi0_eqm.decoders.config import EqmConfig
-from pi0_eqm.decoders.config import FlowConfig
-from pi0_eqm.decoders.config import SolverConfig
+from pi0_eqm.decoders.base import Decoder
+from pi0_eqm.decoders.eqm import EqmDecoder
+from pi0_eqm.decoders.flow import FlowDecoder
 
-
-def make_decoder(config):
-    """The decoder selected by ``config.decoder`` (a ``Pi0Config``)."""
-    from pi0_eqm.decoders.eqm import EqmDecoder
-    from pi0_eqm.decoders.flow import FlowDecoder
-
-    if isinstance(config.decoder, EqmConfig):
-        return EqmDecoder(config)
-    if isinstance(config.decoder, FlowConfig):
-        return FlowDecoder(config)
-    raise TypeError(f"unknown decoder config {type(config.decoder).__name__}")
+DECODERS: dict[str, type] = {cls.kind: cls for cls in (FlowDecoder, EqmDecoder)}
 
 
-__all__ = ["EqmConfig", "FlowConfig", "SolverConfig", "make_decoder"]
+def make_decoder(config) -> Decoder:
+    """The decoder for ``config.decoder.kind`` (``config`` is a ``Pi0Config``)."""
+    kind = config.decoder.kind
+    if kind not in DECODERS:
+        raise ValueError(f"unknown decoder kind {kind!r}; registered: {sorted(DECODERS)}")
+    return DECODERS[kind](config)
+
+
+__all__ = ["DECODERS", "Decoder", "make_decoder"]

@@ -1,24 +1,32 @@
 """The decoder interface shared by flow matching and EqM.
 
-A decoder has two faces:
+A decoder (``Decoder`` below; one class per ``kind``, registered in ``pi0_eqm.decoders.DECODERS``) has two faces:
 
-* ``loss(params, obs, actions, rng) -> [B, H]`` per-token training loss (one uncached forward over prefix + suffix);
-* ``decode(params, obs, rng, *, init=None, settings=None, record=False) -> (actions, DecodeStats)``: compute the prefix
-  KV cache once, then iterate only the action expert against it.
+* training: ``training_example(actions, rng) -> (x, t, target)`` and ``loss(params, obs, actions, rng) -> [B, H]``
+  (one uncached forward over prefix + suffix);
+* inference: ``resolve(DecoderSettings) -> DecodeSettings`` (every field filled from the request, the preset or the
+  config), ``traced(DecodeSettings)`` (the values a compiled decode takes as arguments) and ``decode(params, obs, rng,
+  *, init=None, settings=None, record=False) -> (actions, DecodeStats)``: compute the prefix KV cache once, then
+  iterate only the action expert against it.
 
-Nothing above the decoder knows which one runs.
+Callers use only these members; none branches on which decoder runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from typing import ClassVar
 from typing import Protocol
 
 import flax.struct
 import jax
+import numpy as np
 
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.models.observation import Observation
+from pi0_eqm.models.pi0 import Pi0
+from pi0_eqm.models.pi0 import Pi0Config
 
 
 @flax.struct.dataclass
@@ -48,6 +56,17 @@ class DecodeSettings:
 
 
 class Decoder(Protocol):
+    kind: ClassVar[str]  # the ``kind`` of the decoder config it runs ("flow", "eqm")
+    warm_starts: ClassVar[bool]  # whether ``decode(init=...)`` may be seeded from the previous chunk
+    config: Pi0Config
+    model: Pi0
+
+    def training_example(self, actions: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]: ...
+
+    def resolve(self, settings: DecoderSettings) -> DecodeSettings: ...
+
+    def traced(self, settings: DecodeSettings) -> dict[str, np.ndarray]: ...
+
     def loss(self, params: Any, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array: ...
 
     def decode(

@@ -8,14 +8,18 @@ parameter tree is identical to π₀'s and openpi checkpoints load unchanged.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.base import DecodeStats
-from pi0_eqm.decoders.config import EqmConfig
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.solver import solve
+from pi0_eqm.models.decoder_config import EqmConfig
+from pi0_eqm.models.decoder_config import solver_preset
 from pi0_eqm.models.observation import Observation
 from pi0_eqm.models.pi0 import Pi0
 from pi0_eqm.models.pi0 import Pi0Config
@@ -53,6 +57,9 @@ def eqm_training_pair(actions: jax.Array, rng: jax.Array, eqm: EqmConfig,
 
 
 class EqmDecoder:
+    kind: ClassVar[str] = "eqm"
+    warm_starts: ClassVar[bool] = True
+
     def __init__(self, config: Pi0Config):
         if not isinstance(config.decoder, EqmConfig):
             raise TypeError(f"EqmDecoder needs an EqmConfig, got {type(config.decoder).__name__}")
@@ -61,6 +68,25 @@ class EqmDecoder:
         self.model = Pi0(config)
         # loss_dims="real": padded dims stay zero in training and in the solver.
         self._real_mask = config.action_dim_mask() if self.eqm.loss_dims == "real" else None
+
+    def resolve(self, settings: DecoderSettings) -> DecodeSettings:
+        """Every solver field: the explicit setting, else the preset's, else the config's solver's."""
+        preset = solver_preset(settings.preset) if settings.preset is not None else None
+        solver = self.eqm.solver
+
+        def pick(name):
+            value = getattr(settings, name)
+            if value is None and preset is not None:
+                value = getattr(preset, name)
+            return getattr(solver, name) if value is None else value
+
+        return DecodeSettings(**{f.name: pick(f.name) for f in dataclasses.fields(DecodeSettings)})
+
+    def traced(self, settings: DecodeSettings) -> dict[str, np.ndarray]:
+        """Everything but the (compiled-in) variant."""
+        return {"max_iters": np.int32(settings.max_iters), "threshold": np.float32(settings.threshold),
+                "step_size": np.float32(settings.step_size), "momentum": np.float32(settings.momentum),
+                "guard": np.bool_(settings.guard)}
 
     def training_example(self, actions: jax.Array, rng: jax.Array):
         """``(x_γ, t ≡ 0, target)``: the field has no time input, so the time path is fed zeros."""

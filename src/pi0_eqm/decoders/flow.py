@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.base import DecodeStats
-from pi0_eqm.decoders.config import FlowConfig
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.solver import normalized_residual
+from pi0_eqm.models.decoder_config import FlowConfig
 from pi0_eqm.models.observation import Observation
 from pi0_eqm.models.pi0 import Pi0
 from pi0_eqm.models.pi0 import Pi0Config
 
 
 class FlowDecoder:
+    kind: ClassVar[str] = "flow"
+    warm_starts: ClassVar[bool] = False
+
     def __init__(self, config: Pi0Config):
         if not isinstance(config.decoder, FlowConfig):
             raise TypeError(f"FlowDecoder needs a FlowConfig, got {type(config.decoder).__name__}")
         self.config = config
         self.flow = config.decoder
         self.model = Pi0(config)
+
+    def resolve(self, settings: DecoderSettings) -> DecodeSettings:
+        """Only the step budget applies to flow: ``max_iters`` Euler steps (default: the config's ``num_steps``)."""
+        return DecodeSettings(max_iters=settings.max_iters or self.flow.num_steps)
+
+    def traced(self, settings: DecodeSettings) -> dict[str, np.ndarray]:
+        return {"max_iters": np.int32(settings.max_iters)}
 
     def sample_time(self, rng: jax.Array, batch_size: int) -> jax.Array:
         f = self.flow

@@ -31,7 +31,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from pi0_eqm.decoders.config import SolverConfig
+from pi0_eqm.models.decoder_config import SolverConfig
 
 FieldFn = Callable[[jax.Array], jax.Array]
 

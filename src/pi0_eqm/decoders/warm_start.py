@@ -18,9 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pi0_eqm.decoders.config import WarmStartMode
-
-MODES = ("off", "paper_half", "aligned")
+from pi0_eqm.models.decoder_config import WarmStartMode
+from pi0_eqm.models.decoder_config import check_choice
 
 
 def warm_start_init(
@@ -31,8 +30,7 @@ def warm_start_init(
     max_reuse: int | None = None,
 ) -> jax.Array:
     """Initial iterate ``[B, H, D]`` from ``prev_chunk [B, H, D]``, ``executed`` (s, scalar or ``[B]``) and ``noise``."""
-    if mode not in MODES:
-        raise ValueError(f"warm start mode must be one of {MODES}, got {mode!r}")
+    check_choice("warm start mode", mode, WarmStartMode)
     if prev_chunk is None or mode == "off":
         return noise
     if prev_chunk.shape != noise.shape:

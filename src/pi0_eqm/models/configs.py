@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from pi0_eqm.decoders.config import DecoderConfig
-from pi0_eqm.decoders.config import EqmConfig
+from pi0_eqm.models.decoder_config import DecoderConfig
+from pi0_eqm.models.decoder_config import EqmConfig
 from pi0_eqm.models.pi0 import Pi0Config
 
 _PRESETS: dict[str, dict] = {

@@ -23,8 +23,6 @@ import json
 import logging
 import os
 from pathlib import Path
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -34,7 +32,9 @@ from tokenizers import decoders
 from tokenizers import models
 from tokenizers import trainers
 
-logger = logging.getLogger("pi0_eqm")
+from pi0_eqm.atomic import atomic_directory
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 TOKENIZER_FILE = "tokenizer.json"
@@ -239,32 +239,9 @@ class FastTokenizer:
         target = Path(directory).absolute()
         if target.exists() and not target.is_dir():
             raise NotADirectoryError(f"cannot save FAST tokenizer: {target} exists and is not a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            for name, text in (
-                (TOKENIZER_FILE, self._tok.to_str(pretty=True)),
-                (CONFIG_FILE, json.dumps(self.config())),
-            ):
-                with open(tmp / name, "w", encoding="utf-8") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.chmod(tmp, 0o755)
-            if target.exists():  # a non-empty directory cannot be os.replace()d: move the old one aside first
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-                os.replace(target, old / "d")
-                try:
-                    os.replace(tmp, target)
-                except BaseException:
-                    os.replace(old / "d", target)  # restore; if this fails too, the old copy stays in `old`
-                    os.rmdir(old)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(target, overwrite=True, mode=0o755) as tmp:  # fsynced before it is renamed
+            (tmp / TOKENIZER_FILE).write_text(self._tok.to_str(pretty=True), encoding="utf-8")
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config()), encoding="utf-8")
         return target
 
     @classmethod

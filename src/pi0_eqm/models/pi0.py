@@ -22,11 +22,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pi0_eqm.decoders.config import DecoderConfig
-from pi0_eqm.decoders.config import EqmConfig
-from pi0_eqm.decoders.config import FlowConfig
 from pi0_eqm.models import gemma as _gemma
 from pi0_eqm.models import siglip as _siglip
+from pi0_eqm.models.decoder_config import DecoderConfig
+from pi0_eqm.models.decoder_config import EqmConfig
+from pi0_eqm.models.decoder_config import FlowConfig
 from pi0_eqm.models.ki import FastTokenLayout
 from pi0_eqm.models.ki import KIConfig
 from pi0_eqm.models.observation import Observation

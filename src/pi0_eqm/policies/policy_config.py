@@ -7,14 +7,14 @@ from pathlib import Path
 
 from pi0_eqm.data import transforms as _t
 from pi0_eqm.data.normalize import load_norm_stats
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy import Policy
-from pi0_eqm.policies.policy import PolicySettings
 from pi0_eqm.training.config import TrainConfig
 
 logger = logging.getLogger("pi0_eqm")
 
 
-def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: PolicySettings | None = None,
+def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: DecoderSettings | None = None,
                        default_prompt: str | None = None) -> Policy:
     data_cfg = config.data.create(config.model, config.assets_dir)
     model_inputs = list(data_cfg.model_transforms.inputs)
@@ -30,7 +30,7 @@ def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: Pol
                   action_transforms=actions_in, settings=settings, metadata=config.policy_metadata)
 
 
-def create_trained_policy(config: TrainConfig, checkpoint_dir: str | Path, *, settings: PolicySettings | None = None,
+def create_trained_policy(config: TrainConfig, checkpoint_dir: str | Path, *, settings: DecoderSettings | None = None,
                           default_prompt: str | None = None) -> Policy:
     """``checkpoint_dir`` is a step directory (``<run>/<step>``) or an exported directory with ``params/`` and
     ``assets/<asset_id>/norm_stats.json``. Norm stats come from the checkpoint, not from the config's assets dir."""

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pi0_eqm.decoders.base import Decoder
 from pi0_eqm.decoders.ki import ki_losses
 from pi0_eqm.models.observation import Observation
 
@@ -53,13 +54,13 @@ def masked_mean_loss(per_token: jax.Array, action_is_pad: jax.Array | None) -> j
     return jnp.sum(per_token * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def make_train_step(decoder, tx: optax.GradientTransformation, ema_decay: float | None, lr_schedule=None):
+def make_train_step(decoder: Decoder, tx: optax.GradientTransformation, ema_decay: float | None, lr_schedule=None):
     """Returns ``step(state, obs, actions, action_is_pad) -> (state, metrics)`` (not jitted; callers jit/shard).
 
     With knowledge insulation (``decoder.config.ki``) the loss is ``action_loss + ki.loss_weight · fast_ce`` and the
     metrics add ``action_loss``, ``fast_ce`` and ``fast_acc`` (next-FAST-token accuracy).
     """
-    ki = getattr(getattr(decoder, "config", None), "ki", None)  # decoder-shaped objects without a config: no KI
+    ki = decoder.config.ki
 
     def step_fn(state: TrainState, obs: Observation, actions: jax.Array, action_is_pad: jax.Array | None = None):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)

@@ -17,7 +17,7 @@ its arguments (the only cache is ``jax.jit``'s compilation cache):
 * :func:`closed_loop_records` — the policy driving a Meta-World env, with a cold and a warm recorded solve (same
   noise) at every replanning point and the expert's next actions from each reached state;
 * :func:`solve_statistics`, :func:`paired_savings` — iterations to ε over many records, cold vs warm;
-* :func:`policy_with_settings` — the same policy (params, transforms) with other ``PolicySettings`` (e.g. another ε).
+* :func:`policy_with_settings` — the same policy (params, transforms) with other ``DecoderSettings`` (e.g. another ε).
 
 The solver run by :func:`record_solve` defaults to ``threshold=0`` (never stop early) so the whole trajectory up to
 ``max_iters`` is recorded. Stopping at ε only freezes a sample, it does not change the iterates before the stop, so
@@ -122,7 +122,7 @@ def warm_start_from(policy, obs: Mapping[str, Any], prev_actions: np.ndarray, ex
 
 
 def policy_with_settings(policy, settings):
-    """A new :class:`Policy` sharing ``policy``'s params and transforms but with other ``PolicySettings`` (e.g. another
+    """A new :class:`Policy` sharing ``policy``'s params and transforms but with other ``DecoderSettings`` (e.g. another
     ε for a closed-loop comparison) and fresh session state; nothing is reloaded."""
     from pi0_eqm.policies.policy import Policy
 
@@ -288,7 +288,7 @@ def closed_loop_records(policy, env, episode: int, *, replan_every: int, num_chu
     """
     horizon = policy.config.action_horizon
     if cap is None:
-        cap = policy.settings.decode_settings(policy.config.decoder).max_iters
+        cap = policy.decoder.resolve(policy.settings).max_iters
     if not 1 <= replan_every <= horizon:
         raise ValueError(f"replan_every must be in [1, {horizon}], got {replan_every}")
     obs = env.reset(episode)

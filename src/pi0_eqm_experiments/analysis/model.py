@@ -88,12 +88,12 @@ def load_or_train_policy(checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, *, 
     """The policy of ``checkpoint`` (a run or step directory of ``pi0_eqm_metaworld``) if it exists, else of a quick
     model from :func:`train_quick_model` (``quick``: its keyword arguments). Returns ``(policy, info)`` with
     ``info = {"source": "checkpoint" | "quick", "run_dir", "step_dir", "config"}``."""
-    from pi0_eqm.policies.policy import PolicySettings
+    from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.training.config import get_config
     from pi0_eqm_experiments.benchmarks.metaworld import latest_step_dir
     from pi0_eqm_experiments.benchmarks.metaworld import load_policy
 
-    settings = settings or PolicySettings()
+    settings = settings or DecoderSettings()
     if has_checkpoint(checkpoint):
         cfg, run, source = get_config(CONFIG_NAME), Path(checkpoint), "checkpoint"
     else:

@@ -66,12 +66,12 @@ def _stack(policy, states: Sequence[ExpertState]) -> Observation:
 
 def batched_decode(policy, states: Sequence[ExpertState], settings, *, noise_seed: int = 0,
                    batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Decodes every state from noise (state ``i`` always gets the same noise) with ``PolicySettings`` ``settings``;
+    """Decodes every state from noise (state ``i`` always gets the same noise) with ``DecoderSettings`` ``settings``;
     returns model-space ``actions [N, H, D]``, ``iterations``, ``residual``, ``converged``."""
     cfg = policy.config
-    ds: DecodeSettings = settings.decode_settings(cfg.decoder)
+    ds: DecodeSettings = policy.decoder.resolve(settings)
     fn = policy._decode_fn(ds.variant)
-    knobs = policy.knobs(ds)
+    knobs = policy.decoder.traced(ds)
     noise = np.asarray(jax.random.normal(jax.random.key(noise_seed), (len(states), cfg.action_horizon, cfg.action_dim)))
     parts = []
     for i in range(0, len(states), batch_size):

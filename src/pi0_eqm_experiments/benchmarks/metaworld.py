@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy import Policy
-from pi0_eqm.policies.policy import PolicySettings
 from pi0_eqm.training.config import TrainConfig
 
 # EqM training variants of the decoder study (``EqmConfig`` fields); "default" is the registered config.
@@ -82,7 +82,7 @@ def latest_step_dir(run_dir: str | os.PathLike) -> Path:
     return run_dir / str(steps[0])
 
 
-def load_policy(config: TrainConfig, checkpoint: str | os.PathLike, settings: PolicySettings) -> Policy:
+def load_policy(config: TrainConfig, checkpoint: str | os.PathLike, settings: DecoderSettings) -> Policy:
     from pi0_eqm.policies.policy_config import create_trained_policy
 
     return create_trained_policy(config, latest_step_dir(checkpoint), settings=settings)

@@ -1,4 +1,6 @@
-"""Decoder configurations (pure data; no model code), selected by ``Pi0Config.decoder``."""
+"""Decoder configurations (pure data; no model code), selected by ``Pi0Config.decoder`` and keyed by ``kind``.
+
+Every choice is a ``Literal`` type, validated by ``check_choice`` against the type itself (one list of names)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ SolverVariant = Literal["nesterov", "eqm_nag", "gd", "bb"]
 WarmStartMode = Literal["off", "paper_half", "aligned"]
 ResidualDims = Literal["real", "all"]
 SolverPreset = Literal["action", "paper", "bb"]
+GammaSampling = Literal["uniform", "data_mixture"]
+LossDims = Literal["all", "real"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,14 +29,22 @@ class FlowConfig:
 
 
 SOLVER_VARIANTS: tuple[str, ...] = get_args(SolverVariant)
+WARM_START_MODES: tuple[str, ...] = get_args(WarmStartMode)
+
+
+def check_choice(name: str, value, choices_type) -> None:
+    """Raises ``ValueError`` unless ``value`` is one of the ``Literal`` type's values."""
+    choices = get_args(choices_type)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def check_solver_values(*, variant=None, step_size=None, momentum=None, max_iters=None, threshold=None,
                         max_iters_limit: int = 10_000) -> None:
     """Raises ``ValueError`` naming the first bad value (η ≤ 0, μ ∉ [0, 1), unknown variant, cap ∉ [1, limit]);
     ``None`` means "not given"."""
-    if variant is not None and variant not in SOLVER_VARIANTS:
-        raise ValueError(f"solver variant must be one of {list(SOLVER_VARIANTS)}, got {variant!r}")
+    if variant is not None:
+        check_choice("solver variant", variant, SolverVariant)
     for name, v in (("step_size", step_size), ("momentum", momentum), ("threshold", threshold)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
             raise ValueError(f"{name} must be a finite number, got {v!r}")
@@ -71,8 +83,7 @@ class SolverConfig:
     def __post_init__(self):
         check_solver_values(variant=self.variant, step_size=self.step_size, momentum=self.momentum,
                             max_iters=self.max_iters, threshold=self.threshold)
-        if self.residual_dims not in ("real", "all"):
-            raise ValueError(f"residual_dims must be 'real' or 'all', got {self.residual_dims!r}")
+        check_choice("residual_dims", self.residual_dims, ResidualDims)
         if not 0 < self.bb_min_step <= self.bb_max_step:
             raise ValueError(f"need 0 < bb_min_step <= bb_max_step, got {self.bb_min_step}, {self.bb_max_step}")
 
@@ -89,13 +100,8 @@ SOLVER_PRESETS: dict[str, SolverConfig] = {
 
 def solver_preset(name: str) -> SolverConfig:
     """The named preset; a clear error for an unknown name."""
-    if name not in SOLVER_PRESETS:
-        raise ValueError(f"unknown solver preset {name!r}; expected one of {sorted(SOLVER_PRESETS)}")
+    check_choice("solver preset", name, SolverPreset)
     return SOLVER_PRESETS[name]
-
-
-GammaSampling = Literal["uniform", "data_mixture"]
-LossDims = Literal["all", "real"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +125,8 @@ class EqmConfig:
     solver: SolverConfig = dataclasses.field(default_factory=SolverConfig)
 
     def __post_init__(self):
-        if self.gamma_sampling not in ("uniform", "data_mixture"):
-            raise ValueError(f"gamma_sampling must be 'uniform' or 'data_mixture', got {self.gamma_sampling!r}")
-        if self.loss_dims not in ("all", "real"):
-            raise ValueError(f"loss_dims must be 'all' or 'real', got {self.loss_dims!r}")
+        check_choice("gamma_sampling", self.gamma_sampling, GammaSampling)
+        check_choice("loss_dims", self.loss_dims, LossDims)
         if not 0 <= self.data_fraction <= 1:
             raise ValueError(f"data_fraction must be in [0, 1], got {self.data_fraction}")
 

@@ -14,11 +14,11 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from pi0_eqm.decoders.config import EqmConfig
-from pi0_eqm.decoders.config import FlowConfig
 from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.envs.tasks import dataset_name
 from pi0_eqm.models.configs import model_config
+from pi0_eqm.models.decoder_config import EqmConfig
+from pi0_eqm.models.decoder_config import FlowConfig
 from pi0_eqm.models.gemma import PALIGEMMA_VOCAB_SIZE
 from pi0_eqm.models.ki import KIConfig
 from pi0_eqm.models.pi0 import Pi0Config

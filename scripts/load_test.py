@@ -47,30 +47,29 @@ def _policy(args: Args, cfg):
     from pi0_eqm.policies.policy_config import policy_from_params
 
     d = cfg.model.real_action_dim or cfg.model.action_dim
-    sd = {"libero": 8, "metaworld": 4, "aloha": 14}.get(getattr(cfg.data, "robot", ""), d)
+    spec = cfg.data.spec()
+    sd = spec.state_dim if spec is not None else d
     stats = {"state": NormStats(np.zeros(sd), np.ones(sd)), "actions": NormStats(np.zeros(d), np.ones(d))}
     return policy_from_params(cfg, cfg.model.init(jax.random.key(0)), stats, settings=settings)
 
 
 def main(args: Args) -> dict:
-    from pi0_eqm.serving import schema as _schema
     from pi0_eqm.serving.load import run_load
     from pi0_eqm.serving.server import PolicyServer
     from pi0_eqm.training.config import get_config
 
     cfg = get_config(args.config)
-    robot = getattr(cfg.data, "robot", "libero")
-    size = 224 if robot == "libero" else cfg.model.image_resolution[0]
-    sd = 8 if robot == "libero" else 4
-    schema = _schema.libero_schema(size, state_dim=sd)
+    spec = cfg.data.spec()
+    if spec is None:
+        raise ValueError(f"config {args.config!r} has no robot (its data is {type(cfg.data).__name__}); load-test a "
+                         "config whose data names a robot")
+    size = spec.image_size or cfg.model.image_resolution[0]
+    schema = spec.schema(size)
     server = PolicyServer(_policy(args, cfg), host="127.0.0.1", port=0, schema=schema, max_workers=args.max_workers)
     port = server.start()
 
     def make_obs(client: int, req: int) -> dict:
-        rng = np.random.default_rng([client, req])
-        return {"observation/image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-                "observation/wrist_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-                "observation/state": rng.normal(size=sd).astype(np.float32), "prompt": "open the drawer"}
+        return spec.example(np.random.default_rng([client, req]), size, prompt="open the drawer")
 
     try:
         report = run_load("127.0.0.1", port, make_obs, args.clients, args.requests, max_seconds=args.max_seconds)

@@ -36,21 +36,14 @@ class Args:
 
 def build_server(args: Args):
     from pi0_eqm.policies.policy_config import create_trained_policy
-    from pi0_eqm.serving import schema as _schema
     from pi0_eqm.serving.server import PolicyServer
     from pi0_eqm.training.config import get_config
 
     cfg = get_config(args.config)
     policy = create_trained_policy(cfg, args.checkpoint, settings=args.decoder, default_prompt=args.default_prompt)
-    robot = getattr(cfg.data, "robot", None)
-    if robot == "aloha":
-        schema = _schema.aloha_schema(args.image_size or 224)
-    elif robot == "metaworld":
-        schema = _schema.libero_schema(args.image_size or cfg.model.image_resolution[0], state_dim=4)
-    elif robot == "libero":
-        schema = _schema.libero_schema(args.image_size or 224)
-    else:
-        schema = None
+    spec = cfg.data.spec()
+    size = args.image_size or (spec.image_size if spec is not None else None) or cfg.model.image_resolution[0]
+    schema = spec.schema(size) if spec is not None else None
     metadata = dict(cfg.policy_metadata or {})
     metadata.update({"config": cfg.name, "decoder": cfg.model.decoder.kind, "action_horizon": cfg.model.action_horizon})
     return PolicyServer(policy, host=args.host, port=args.port, metadata=metadata, schema=schema,

@@ -57,7 +57,7 @@ def test_libero_training_pipeline_produces_model_inputs(tmp_path):
     stats = {"state": NormStats(mean=np.ones(8), std=np.full(8, 2.0)),
              "actions": NormStats(mean=np.zeros(7), std=np.ones(7))}
     data_cfg = EpisodicDataConfig(robot="libero", extra_delta_transform=True).create(cfg, tmp_path)
-    data_cfg = type(data_cfg)(**{**data_cfg.__dict__, "norm_stats": stats})
+    pipeline = data_cfg.pipeline.with_norm_stats(stats)
     rng = np.random.default_rng(0)
     sample = {
         "observation/image": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
@@ -67,7 +67,7 @@ def test_libero_training_pipeline_produces_model_inputs(tmp_path):
         "action_is_pad": np.zeros(cfg.action_horizon, bool),
         "prompt": "open the drawer",
     }
-    out = data_cfg.train_transform()(sample)
+    out = pipeline.training()(sample)
     assert sorted(out) == ["actions", "image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask"]
     assert out["image"]["base_0_rgb"].shape == (32, 32, 3) and out["image"]["base_0_rgb"].dtype == np.uint8
     assert out["image_mask"]["right_wrist_0_rgb"] is np.False_ or not out["image_mask"]["right_wrist_0_rgb"]

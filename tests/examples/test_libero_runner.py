@@ -17,8 +17,8 @@ from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.data.transforms import resize_with_pad
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy_config import policy_from_params
+from pi0_eqm.robots import LIBERO
 from pi0_eqm.serving.client import WebsocketClientPolicy
-from pi0_eqm.serving.schema import libero_schema
 from pi0_eqm.serving.server import PolicyServer
 from pi0_eqm.training.config import get_config
 
@@ -65,7 +65,7 @@ def test_libero_closed_loop_conventions():
     stats = {"state": NormStats(np.zeros(8), np.ones(8)), "actions": NormStats(np.zeros(7), np.full(7, 0.1))}
     policy = policy_from_params(cfg, cfg.model.init(jax.random.key(0)), stats,
                                 settings=DecoderSettings(max_iters=5, executed=5))
-    server = PolicyServer(policy, host="127.0.0.1", port=0, schema=libero_schema())
+    server = PolicyServer(policy, host="127.0.0.1", port=0, schema=LIBERO.schema())
     port = server.start()
     try:
         suite = benchmark.get_benchmark_dict()["libero_object"]()

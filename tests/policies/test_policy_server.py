@@ -8,7 +8,7 @@ import numpy as np
 
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy_config import create_trained_policy
-from pi0_eqm.serving.schema import libero_schema
+from pi0_eqm.robots import LIBERO
 from pi0_eqm.serving.server import PolicyServer
 from tests.serving.conftest import openpi_client_python  # noqa: F401  (session fixture)
 
@@ -47,7 +47,7 @@ CLIENT = textwrap.dedent(
 def test_openpi_client_drives_the_real_policy(trained_libero, openpi_client_python):  # noqa: F811
     cfg, step_dir = trained_libero
     policy = create_trained_policy(cfg, step_dir, settings=DecoderSettings(max_iters=30, executed=5, warm_start="aligned"))
-    server = PolicyServer(policy, host="127.0.0.1", port=0, metadata={"config": cfg.name}, schema=libero_schema())
+    server = PolicyServer(policy, host="127.0.0.1", port=0, metadata={"config": cfg.name}, schema=LIBERO.schema())
     port = server.start()
     try:
         proc = subprocess.run([openpi_client_python, "-c", CLIENT, str(port)], capture_output=True, text=True,

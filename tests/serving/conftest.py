@@ -13,9 +13,9 @@ import urllib.request
 import numpy as np
 import pytest
 
+from pi0_eqm.robots import LIBERO
 from pi0_eqm.serving import PolicyServer
 from pi0_eqm.serving import WireLimits
-from pi0_eqm.serving import libero_schema
 
 REPO = Path(__file__).resolve().parents[2]
 HORIZON, ACTION_DIM = 50, 7
@@ -79,7 +79,7 @@ def served():
     """(server, policy) with the LIBERO schema on 127.0.0.1, a free port and 4 inference workers."""
     policy = StatePolicy()
     server = PolicyServer(
-        policy, host="127.0.0.1", port=0, metadata=METADATA, schema=libero_schema(), limits=TEST_LIMITS, max_workers=4
+        policy, host="127.0.0.1", port=0, metadata=METADATA, schema=LIBERO.schema(), limits=TEST_LIMITS, max_workers=4
     )
     server.start()
     yield server, policy

@@ -6,12 +6,12 @@ import msgpack
 import numpy as np
 import pytest
 
+from pi0_eqm.robots import ALOHA
+from pi0_eqm.robots import LIBERO
 from pi0_eqm.serving import ArraySpec
 from pi0_eqm.serving import ImageSpec
 from pi0_eqm.serving import ObservationSchema
 from pi0_eqm.serving import StringSpec
-from pi0_eqm.serving import aloha_schema
-from pi0_eqm.serving import libero_schema
 from pi0_eqm.serving import validate
 from pi0_eqm.serving.wire import WireError
 from pi0_eqm.serving.wire import WireLimits
@@ -164,7 +164,7 @@ def test_validate_reports_all_problems():
         "extra": 1,
     }
     with pytest.raises(WireError) as info:
-        validate(obs, libero_schema(allow_extra=False))
+        validate(obs, LIBERO.schema(allow_extra=False))
     problems = info.value.problems
     text = str(info.value)
     assert len(problems) == 5, text
@@ -179,7 +179,7 @@ def test_validate_reports_all_problems():
         assert needle in text, text
     obs["observation/state"] = np.array([np.nan, np.inf] + [0.0] * 6)
     with pytest.raises(WireError, match="1 NaN and 1 inf"):
-        validate(obs, libero_schema())
+        validate(obs, LIBERO.schema())
 
 
 def test_validate_defaults_nested_and_layouts():
@@ -208,5 +208,5 @@ def test_validate_defaults_nested_and_layouts():
 
 def test_aloha_schema_accepts_sim_request():
     obs = {"state": np.zeros(14), "images": {"cam_high": np.zeros((3, 224, 224), np.uint8)}}
-    assert validate(obs, aloha_schema())["images"]["cam_high"].shape == (3, 224, 224)
-    assert "fields" in aloha_schema().describe()
+    assert validate(obs, ALOHA.schema())["images"]["cam_high"].shape == (3, 224, 224)
+    assert "fields" in ALOHA.schema().describe()

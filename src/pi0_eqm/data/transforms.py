@@ -55,16 +55,21 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class RepackTransform:
-    """Renames keys: ``structure`` maps new (possibly nested, ``/``-joined) keys to existing flat keys."""
+    """Renames keys (openpi's ``RepackTransform``): ``structure`` is a (nested) map whose leaves name keys of the
+    ``/``-flattened sample; the output has ``structure``'s shape with those values."""
 
-    structure: Mapping[str, str]
+    structure: Mapping[str, Any]
 
     def __call__(self, data: dict) -> dict:
         flat = _flatten(data)
-        missing = [src for src in self.structure.values() if src not in flat]
+        missing = [src for src in _flatten(self.structure).values() if src not in flat]
         if missing:
             raise KeyError(f"repack: keys {missing} not in the sample; it has {sorted(flat)}")
-        return {new: flat[src] for new, src in self.structure.items()}
+        return _fill(self.structure, flat)
+
+
+def _fill(structure: Mapping, flat: Mapping) -> dict:
+    return {k: _fill(v, flat) if isinstance(v, Mapping) else flat[v] for k, v in structure.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +94,21 @@ def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     top, left = (height - rh) // 2, (width - rw) // 2
     out[top : top + rh, left : left + rw] = resized
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectImages:
+    """Keeps the model's image views (``keys``), in its order; a view's mask defaults to True."""
+
+    keys: tuple[str, ...]
+
+    def __call__(self, data: dict) -> dict:
+        missing = [k for k in self.keys if k not in data["image"]]
+        if missing:
+            raise KeyError(f"model needs images {missing}; the robot transform produced {sorted(data['image'])}")
+        masks = data.get("image_mask", {})
+        return {**data, "image": {k: data["image"][k] for k in self.keys},
+                "image_mask": {k: masks.get(k, True) for k in self.keys}}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pi0_eqm.data import transforms as _t
 from pi0_eqm.data.normalize import load_norm_stats
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy import Policy
@@ -16,18 +15,11 @@ logger = logging.getLogger("pi0_eqm")
 
 def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: DecoderSettings | None = None,
                        default_prompt: str | None = None) -> Policy:
-    data_cfg = config.data.create(config.model, config.assets_dir)
-    model_inputs = list(data_cfg.model_transforms.inputs)
-    if default_prompt is not None:
-        model_inputs.insert(0, _t.InjectDefaultPrompt(default_prompt))
-    use_q = data_cfg.use_quantile_norm
-    inputs = [*data_cfg.data_transforms.inputs, _t.Normalize(norm_stats, use_q), *model_inputs]
-    outputs = [*data_cfg.model_transforms.outputs, _t.Unnormalize(norm_stats, use_q), *data_cfg.data_transforms.outputs]
-    deltas = [t for t in data_cfg.data_transforms.inputs if isinstance(t, _t.DeltaActions)]
-    actions_in = [*deltas, _t.Normalize({k: v for k, v in (norm_stats or {}).items() if k == "actions"} or None, use_q),
-                  _t.PadStatesAndActions(config.model.action_dim)]
-    return Policy(config.model, params, input_transforms=inputs, output_transforms=outputs,
-                  action_transforms=actions_in, settings=settings, metadata=config.policy_metadata)
+    pipeline = config.data.create(config.model, config.assets_dir).pipeline.with_norm_stats(norm_stats)
+    return Policy(config.model, params, input_transforms=(pipeline.inference_inputs(default_prompt),),
+                  output_transforms=(pipeline.inference_outputs(),),
+                  action_transforms=(pipeline.warm_start_actions(config.model.action_dim),), settings=settings,
+                  metadata=config.policy_metadata)
 
 
 def create_trained_policy(config: TrainConfig, checkpoint_dir: str | Path, *, settings: DecoderSettings | None = None,

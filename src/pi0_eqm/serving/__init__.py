@@ -5,8 +5,6 @@ from pi0_eqm.serving.schema import ArraySpec
 from pi0_eqm.serving.schema import ImageSpec
 from pi0_eqm.serving.schema import ObservationSchema
 from pi0_eqm.serving.schema import StringSpec
-from pi0_eqm.serving.schema import aloha_schema
-from pi0_eqm.serving.schema import libero_schema
 from pi0_eqm.serving.schema import validate
 from pi0_eqm.serving.server import CONTROL_KEY
 from pi0_eqm.serving.server import RESET_KEY
@@ -26,8 +24,6 @@ __all__ = [
     "StringSpec",
     "WireError",
     "WireLimits",
-    "aloha_schema",
-    "libero_schema",
     "packb",
     "unpackb",
     "validate",

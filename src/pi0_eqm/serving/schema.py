@@ -28,7 +28,7 @@ from pi0_eqm.serving.wire import ALLOWED_KINDS
 from pi0_eqm.serving.wire import KIND_NAMES
 from pi0_eqm.serving.wire import WireError
 
-__all__ = ["ArraySpec", "ImageSpec", "StringSpec", "ObservationSchema", "validate", "libero_schema", "aloha_schema"]
+__all__ = ["ArraySpec", "ImageSpec", "StringSpec", "ObservationSchema", "validate"]
 
 
 def _kinds_text(kinds: str) -> str:
@@ -223,35 +223,3 @@ def validate(obs: Any, schema: ObservationSchema) -> dict:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         raise WireError(f"{title} ({count}):\n" + "\n".join(f"  - {p}" for p in problems), problems)
     return out
-
-
-def libero_schema(image_size: int = 224, state_dim: int = 8, allow_extra: bool = True) -> ObservationSchema:
-    """The LIBERO request of openpi's ``examples/libero/main.py`` (two uint8 HWC images, 8-d state, prompt)."""
-    return ObservationSchema(
-        {
-            "observation/image": ImageSpec(image_size, image_size),
-            "observation/wrist_image": ImageSpec(image_size, image_size),
-            "observation/state": ArraySpec((state_dim,), kinds="f", finite=True),
-            "prompt": StringSpec(required=True, max_len=4096),
-        },
-        allow_extra=allow_extra,
-        name="libero",
-    )
-
-
-def aloha_schema(image_size: int = 224, state_dim: int = 14) -> ObservationSchema:
-    """openpi's ALOHA request: 14-d state, uint8 CHW cameras under ``images``, optional prompt.
-
-    ``cam_high`` is required; the other three cameras are optional (ALOHA sim sends only ``cam_high``).
-    """
-    cams = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
-    return ObservationSchema(
-        {
-            "state": ArraySpec((state_dim,), kinds="f", finite=True),
-            "images": {
-                c: ImageSpec(image_size, image_size, layouts=("CHW",), required=(c == "cam_high")) for c in cams
-            },
-            "prompt": StringSpec(required=False),
-        },
-        name="aloha",
-    )

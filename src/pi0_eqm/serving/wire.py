@@ -293,12 +293,3 @@ def unpackb(data: bytes | bytearray | memoryview, limits: WireLimits | None = No
             raise WireError(f"message: a msgpack string or container is too long ({e})") from None
         raise WireError(f"message: not valid msgpack for this protocol ({e}); expected an openpi msgpack map") from None
     return _Decoder(lim).walk(raw, "", 1)
-
-
-def __getattr__(name: str) -> Any:
-    # ``ObservationSchema`` and friends live in ``schema.py`` (which imports this module); expose them here lazily.
-    if name in ("ObservationSchema", "ArraySpec", "ImageSpec", "StringSpec", "validate"):
-        from pi0_eqm.serving import schema
-
-        return getattr(schema, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

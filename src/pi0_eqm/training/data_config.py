@@ -1,8 +1,9 @@
 """Data configurations: where a config's episodes come from and which transforms turn them into model inputs.
 
 A ``DataConfigFactory`` (frozen dataclass, part of a ``TrainConfig``) is resolved with ``create(model_config,
-assets_dir)`` into a ``DataConfig`` holding the transform groups and the norm stats. ``open_source()`` opens the
-episodic dataset (RLDS / TFDS ``array_record``, TFRecord RLDS, or LeRobot v2.1 on local disk) without any network.
+assets_dir)`` into a ``DataConfig`` holding the transform ``Pipeline`` (with the norm stats). ``open_source()`` opens
+the episodic dataset (RLDS / TFDS ``array_record``, TFRecord RLDS, or LeRobot v2.1 on local disk) without any
+network; what is robot-specific comes from the config's ``RobotSpec`` (``pi0_eqm.robots``).
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ from typing import Literal
 import numpy as np
 
 from pi0_eqm.data import transforms as _t
+from pi0_eqm.data.lerobot import LeRobotDataset
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.data.normalize import load_norm_stats
+from pi0_eqm.data.pipeline import Pipeline
+from pi0_eqm.data.rlds import RldsDataset
+from pi0_eqm.models.fast import FastTokenizer
 from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
 from pi0_eqm.models.ki import TokenizeFastActions
 from pi0_eqm.models.pi0 import Pi0Config
 from pi0_eqm.models.tokenizer import ByteTokenizer
 from pi0_eqm.models.tokenizer import PaligemmaTokenizer
 from pi0_eqm.models.tokenizer import WordHashTokenizer
-from pi0_eqm.policies import robots
+from pi0_eqm.robots import RobotSpec
+from pi0_eqm.robots import get_robot
+from pi0_eqm.training.toy_data import ToySource
 
 DATA_HOME_ENV = "PI0_DATA_HOME"
 
@@ -36,24 +43,13 @@ def data_home() -> Path:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     asset_id: str | None
-    norm_stats: dict[str, NormStats] | None
-    repack: _t.Group
-    data_transforms: _t.Group
-    model_transforms: _t.Group
-    use_quantile_norm: bool = False
+    pipeline: Pipeline
     source: Any = None  # the factory, to open the dataset
     fast_tokenizer: Any = None  # pi0_eqm.models.fast.FastTokenizer when the model trains with knowledge insulation
 
-    def train_transform(self):
-        """repack → robot inputs → Normalize → model inputs (one sample dict → model-ready dict)."""
-        return _t.compose(
-            [*self.repack.inputs, *self.data_transforms.inputs,
-             _t.Normalize(self.norm_stats, self.use_quantile_norm), *self.model_transforms.inputs]
-        )
-
-    def stats_transform(self):
-        """repack → robot inputs, without images (for computing norm stats)."""
-        return _t.compose([*self.repack.inputs, *self.data_transforms.inputs])
+    @property
+    def norm_stats(self) -> dict[str, NormStats] | None:
+        return self.pipeline.norm_stats
 
 
 def model_transforms(model: Pi0Config, default_prompt: str | None = None, fast_tokenizer=None) -> _t.Group:
@@ -67,7 +63,7 @@ def model_transforms(model: Pi0Config, default_prompt: str | None = None, fast_t
     return _t.Group(
         inputs=(
             _t.InjectDefaultPrompt(default_prompt),
-            SelectImages(model.image_keys),
+            _t.SelectImages(model.image_keys),
             _t.ResizeImages(h, w),
             _t.TokenizePrompt(tokenizer),
             *fast,
@@ -95,8 +91,6 @@ def load_fast_tokenizer(model: Pi0Config, asset_dir: Path):
     """``<asset_dir>/fast_tokenizer`` if the model uses knowledge insulation and it exists, else ``None``."""
     if model.ki is None or not (asset_dir / FAST_TOKENIZER_DIR).exists():
         return None
-    from pi0_eqm.models.fast import FastTokenizer
-
     tok = FastTokenizer.load(asset_dir / FAST_TOKENIZER_DIR)
     check_fast_tokenizer(model, tok, str(asset_dir / FAST_TOKENIZER_DIR))
     return tok
@@ -126,19 +120,6 @@ def make_tokenizer(model: Pi0Config):
     return tok
 
 
-@dataclasses.dataclass(frozen=True)
-class SelectImages:
-    keys: tuple[str, ...]
-
-    def __call__(self, data: dict) -> dict:
-        missing = [k for k in self.keys if k not in data["image"]]
-        if missing:
-            raise KeyError(f"model needs images {missing}; the robot transform produced {sorted(data['image'])}")
-        masks = data.get("image_mask", {})
-        return {**data, "image": {k: data["image"][k] for k in self.keys},
-                "image_mask": {k: masks.get(k, True) for k in self.keys}}
-
-
 def _load_stats(assets_dir: Path, asset_id: str) -> dict[str, NormStats] | None:
     path = assets_dir / asset_id
     if not (path / "norm_stats.json").is_file():
@@ -146,30 +127,24 @@ def _load_stats(assets_dir: Path, asset_id: str) -> dict[str, NormStats] | None:
     return load_norm_stats(path)
 
 
-_SAMPLE_REPACK = {
-    "observation/image": "observation/image",
-    "observation/wrist_image": "observation/wrist_image",
-    "observation/state": "state",
-    "actions": "actions",
-    "prompt": "prompt",
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class EpisodicDataConfig:
     """Episodes on local disk + robot transforms. ``format``: ``rlds`` (TFDS array_record / TFRecord) or ``lerobot``."""
 
-    robot: Literal["libero", "metaworld", "aloha"] = "libero"
+    robot: str = "libero"  # a name in pi0_eqm.robots.ROBOTS
     format: Literal["rlds", "lerobot"] = "lerobot"
     path: str = "lerobot/physical-intelligence/libero"  # relative paths are under $PI0_DATA_HOME (default ./data)
     asset_id: str = "physical-intelligence/libero"
-    extra_delta_transform: bool = False  # openpi pi0_libero: DeltaActions(make_bool_mask(6, -1))
+    extra_delta_transform: bool = False  # actions relative to the state on the robot's delta mask (openpi pi0_libero)
     use_quantile_norm: bool = False
     default_prompt: str | None = None
     how_to_obtain: str = (
         "convert LIBERO with openpi's examples/libero/convert_libero_data_to_lerobot.py or download the "
         "'physical-intelligence/libero' LeRobot dataset, then point --data.path at it"
     )
+
+    def __post_init__(self):
+        get_robot(self.robot)
 
     def resolved_path(self) -> Path:
         p = Path(self.path).expanduser()
@@ -181,35 +156,28 @@ class EpisodicDataConfig:
             raise FileNotFoundError(f"dataset not found at {path} (from --data.path={self.path!r}, "
                                     f"${DATA_HOME_ENV}={data_home()}); {self.how_to_obtain}")
         if self.format == "lerobot":
-            from pi0_eqm.data.lerobot import LeRobotDataset
-
-            return LeRobotDataset(path)
-        from pi0_eqm.data.rlds import RldsDataset
-
+            return LeRobotDataset(path, **self.spec().lerobot_keys())
         return RldsDataset(path)
 
+    def spec(self) -> RobotSpec:
+        return get_robot(self.robot)
+
     def create(self, model: Pi0Config, assets_dir: Path) -> DataConfig:
-        inputs, outputs = {
-            "libero": (robots.LiberoInputs(), robots.LiberoOutputs()),
-            "metaworld": (robots.MetaWorldInputs(), robots.MetaWorldOutputs()),
-            "aloha": (robots.AlohaInputs(), robots.AlohaOutputs()),
-        }[self.robot]
-        data = _t.Group(inputs=(inputs,), outputs=(outputs,))
+        spec = self.spec()
+        real = model.real_action_dim or model.action_dim
+        if real != spec.action_dim:
+            raise ValueError(f"robot {spec.name!r} has {spec.action_dim}-d actions but the model's real_action_dim is "
+                             f"{real}; set --model.real-action-dim={spec.action_dim}")
+        robot = _t.Group(inputs=(spec.inputs(),), outputs=(spec.outputs(),))
         if self.extra_delta_transform:
-            mask = _t.make_bool_mask(6, -1)
-            data = data.push(inputs=(_t.DeltaActions(mask),), outputs=(_t.AbsoluteActions(mask),))
-        repack = _t.Group(inputs=(_t.RepackTransform(_SAMPLE_REPACK),)) if self.robot != "aloha" else _t.Group()
+            if spec.delta_mask is None:
+                raise ValueError(f"robot {spec.name!r} declares no delta mask; it cannot train with delta actions")
+            robot = robot.push(inputs=(_t.DeltaActions(spec.delta_mask),), outputs=(_t.AbsoluteActions(spec.delta_mask),))
         fast = load_fast_tokenizer(model, assets_dir / self.asset_id)
-        return DataConfig(
-            asset_id=self.asset_id,
-            norm_stats=_load_stats(assets_dir, self.asset_id),
-            repack=repack,
-            data_transforms=data,
-            model_transforms=model_transforms(model, self.default_prompt, fast),
-            use_quantile_norm=self.use_quantile_norm,
-            source=self,
-            fast_tokenizer=fast,
-        )
+        pipeline = Pipeline(repack=_t.Group(inputs=(spec.repack(),)), robot=robot,
+                            model=model_transforms(model, self.default_prompt, fast),
+                            norm_stats=_load_stats(assets_dir, self.asset_id), use_quantile_norm=self.use_quantile_norm)
+        return DataConfig(asset_id=self.asset_id, pipeline=pipeline, source=self, fast_tokenizer=fast)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,19 +190,19 @@ class ToyDataConfig:
     def create(self, model: Pi0Config, assets_dir: Path) -> DataConfig:
         fast, transforms = None, _t.Group()
         if model.ki is not None:  # no assets: fit FAST on 1024 generated chunks (deterministic, well under a second)
-            from pi0_eqm.models.fast import FastTokenizer
-            from pi0_eqm.training.toy_data import ToySource
-
             source = ToySource(model, 1024, seed=0)
             real = model.real_action_dim or model.action_dim
             chunks = np.stack([source[i]["actions"][:, :real] for i in range(len(source))])
             fast = FastTokenizer.fit(chunks, scale=model.ki.fast_scale, vocab_size=model.ki.fast_vocab_size)
             transforms = _t.Group(inputs=(TokenizeFastActions(fast, model.fast_layout, model.ki.max_fast_tokens),))
-        return DataConfig(asset_id=None, norm_stats=None, repack=_t.Group(), data_transforms=_t.Group(),
-                          model_transforms=transforms, source=self, fast_tokenizer=fast)
+        return DataConfig(asset_id=None, pipeline=Pipeline(model=transforms), source=self, fast_tokenizer=fast)
 
     def open_source(self):
         raise TypeError("the toy data config has no episodic source")
+
+    def spec(self) -> None:
+        """No robot: the toy samples are model-ready."""
+        return None
 
 
 DataConfigFactory = EpisodicDataConfig | ToyDataConfig

@@ -17,7 +17,6 @@ import time
 import jax
 import numpy as np
 
-from pi0_eqm.data import transforms as _t
 from pi0_eqm.data.loader import DataLoader
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
@@ -30,7 +29,7 @@ from pi0_eqm.training.data_config import ToyDataConfig
 from pi0_eqm.training.train_step import init_train_state
 from pi0_eqm.training.train_step import make_train_step
 
-logger = logging.getLogger("pi0_eqm")
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -45,7 +44,7 @@ def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count:
         from pi0_eqm.training.toy_data import ToySource
 
         source = ToySource(config.model, config.data.num_samples, seed=config.seed)
-        transform = _t.compose(list(data_cfg.model_transforms.inputs)) if data_cfg.model_transforms.inputs else None
+        transform = data_cfg.pipeline.training() if data_cfg.pipeline.model.inputs else None
     else:
         from pi0_eqm.data.chunking import ChunkedDataset
 
@@ -61,7 +60,7 @@ def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count:
                 f"{config.assets_dir / data_cfg.asset_id / FAST_TOKENIZER_DIR}; run "
                 f"`uv run scripts/compute_norm_stats.py {config.name}` first (it fits one after the norm stats)"
             )
-        model_transform = data_cfg.train_transform()
+        model_transform = data_cfg.pipeline.training()
 
         def transform(sample: dict) -> dict:
             return {**model_transform(sample), "action_is_pad": sample["action_is_pad"]}

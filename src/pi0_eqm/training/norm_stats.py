@@ -11,7 +11,7 @@ from pi0_eqm.data.normalize import save_norm_stats
 from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.data_config import EpisodicDataConfig
 
-logger = logging.getLogger("pi0_eqm")
+logger = logging.getLogger(__name__)
 
 
 def compute_for_config(config: TrainConfig, *, max_frames: int | None = None, seed: int | None = 0,
@@ -22,11 +22,12 @@ def compute_for_config(config: TrainConfig, *, max_frames: int | None = None, se
         raise ValueError(f"config {config.name!r} uses {type(config.data).__name__}, which needs no norm stats")
     data_cfg = config.data.create(config.model, config.assets_dir)
     chunked = ChunkedDataset(config.data.open_source(), config.model.action_horizon, images=False)
-    transform = data_cfg.stats_transform()
+    transform = data_cfg.pipeline.statistics()
+    placeholders = config.data.spec().stats_placeholders()  # the samples carry no images
 
     def samples():
         for s in chunked.low_dim_samples(seed=seed, max_frames=max_frames):
-            out = _low_dim_transform(transform, s)
+            out = transform({**placeholders, **s})
             yield {"state": out["state"], "actions": out["actions"], "action_is_pad": s["action_is_pad"]}
 
     stats = compute_norm_stats(samples(), keys=("state", "actions"), max_frames=max_frames)
@@ -66,13 +67,3 @@ def fit_fast_tokenizer(config: TrainConfig, stats, samples, out_dir: Path, *, ma
                 "ki.max_fast_tokens=%d)", path, tok.vocab_size, len(chunks), float(np.mean(lengths)), max(lengths),
                 over, len(lengths), ki.max_fast_tokens)
     return path
-
-
-def _low_dim_transform(transform, sample: dict) -> dict:
-    """Runs repack + robot transforms on a sample without images (dummy 1×1 images keep the transforms happy)."""
-    import numpy as np
-
-    filled = dict(sample)
-    for key in ("observation/image", "observation/wrist_image"):
-        filled.setdefault(key, np.zeros((1, 1, 3), np.uint8))
-    return transform(filled)

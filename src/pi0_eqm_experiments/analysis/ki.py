@@ -23,7 +23,7 @@ def backbone_vs_expert(config, step_dir: str | os.PathLike, *, n: int = 64, seed
     from pi0_eqm.decoders.ki import fast_generate
     from pi0_eqm.decoders.ki import ki_losses
     from pi0_eqm.models.observation import Observation
-    from pi0_eqm.training.checkpoints import restore_params
+    from pi0_eqm.training.params_io import restore_params
 
     model = config.model
     if model.ki is None:
@@ -33,7 +33,7 @@ def backbone_vs_expert(config, step_dir: str | os.PathLike, *, n: int = 64, seed
         raise FileNotFoundError(f"no norm stats / FAST tokenizer under {config.assets_dir}; run "
                                 f"`uv run scripts/compute_norm_stats.py {config.name}`")
     source = ChunkedDataset(config.data.open_source(), model.action_horizon)
-    transform = data_cfg.train_transform()
+    transform = data_cfg.pipeline.training()
     rng = np.random.default_rng(seed)
     samples = []
     for i in rng.permutation(len(source)):

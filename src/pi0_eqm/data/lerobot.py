@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from pi0_eqm.atomic import atomic_directory
 from pi0_eqm.data import _video
-from pi0_eqm.data._atomic import atomic_directory
 from pi0_eqm.data.episodes import ACTION_KEY
 from pi0_eqm.data.episodes import STATE_KEY
 from pi0_eqm.data.episodes import Episode

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
-from pi0_eqm.data._atomic import atomic_write_bytes
+from pi0_eqm.atomic import atomic_write_bytes
 
 NORM_STATS_FILE = "norm_stats.json"
 NUM_QUANTILE_BINS = 5000

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from pi0_eqm.data._atomic import atomic_directory
+from pi0_eqm.atomic import atomic_directory
 from pi0_eqm.data.episodes import ACTION_KEY
 from pi0_eqm.data.episodes import LIBERO_IMAGE_KEYS
 from pi0_eqm.data.episodes import STATE_KEY

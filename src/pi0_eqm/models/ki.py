@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-logger = logging.getLogger("pi0_eqm")
+logger = logging.getLogger(__name__)
 
 FAST_TOKENIZER_DIR = "fast_tokenizer"  # under assets/<asset_id>/, beside norm_stats.json
 

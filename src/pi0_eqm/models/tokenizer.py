@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger("pi0_eqm")
+logger = logging.getLogger(__name__)
 
 PALIGEMMA_TOKENIZER_ENV = "PI0_PALIGEMMA_TOKENIZER"
 

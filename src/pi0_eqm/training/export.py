@@ -8,19 +8,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import shutil
-import uuid
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pi0_eqm.atomic import publish_dir
+from pi0_eqm.atomic import sibling
 from pi0_eqm.data.normalize import save_norm_stats
 from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
-from pi0_eqm.training.checkpoints import check_checkpoint_step
-from pi0_eqm.training.checkpoints import restore_norm_stats
-from pi0_eqm.training.checkpoints import restore_params
-from pi0_eqm.training.checkpoints import save_params
-from pi0_eqm.training.params_io import publish_dir
+from pi0_eqm.training.checkpoint_assets import restore_norm_stats
+from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
+from pi0_eqm.training.params_io import restore_params
+from pi0_eqm.training.params_io import save_params
 
 
 def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf16: bool = False,
@@ -38,7 +38,7 @@ def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf
     if bf16:
         params = jax.tree.map(lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16)), params)
     norm_stats = restore_norm_stats(step_dir)
-    tmp = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
+    tmp = sibling(out, "export")
     try:
         save_params(tmp / "params", params)
         for asset_id, stats in norm_stats.items():

@@ -11,13 +11,15 @@ import os
 from pathlib import Path
 import shutil
 from typing import Any
-import uuid
 
 from etils import epath
 import flax.traverse_util
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from pi0_eqm.atomic import publish_dir
+from pi0_eqm.atomic import sibling
 
 PARAMS_ITEM = "params"
 
@@ -105,19 +107,6 @@ def restore_params(
     return flax.traverse_util.unflatten_dict(_strip_value_suffix(flat))
 
 
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Renames the finished directory ``tmp`` to ``final``, replacing an existing ``final`` only once ``tmp`` is
-    complete (the old one is moved aside first and deleted last)."""
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tmp, final)
-
-
 def save_params(path: str | os.PathLike, params: Mapping, *, overwrite: bool = False) -> Path:
     """Atomically write an openpi-style params checkpoint ``{"params": params}`` (OCDBT) at ``path``.
 
@@ -128,7 +117,7 @@ def save_params(path: str | os.PathLike, params: Mapping, *, overwrite: bool = F
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = sibling(path, "tmp")
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
             ckptr.save(epath.Path(tmp), args=ocp.args.PyTreeSave({PARAMS_ITEM: dict(params)}))

@@ -1,0 +1,185 @@
+"""Opening a training run directory: ``--resume``/``--overwrite`` rules, stale tmp dirs, retention, the manager.
+
+:func:`initialize_checkpoint_dir` validates the directory for the requested mode (fresh start, resume,
+overwrite), removes the ``*.orbax-checkpoint-tmp*`` leftovers of interrupted saves with a warning, and returns the
+orbax ``CheckpointManager`` with the item handlers and retention policy of a training run. Directory mutations run
+on process 0 only, between barriers (:func:`on_primary`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from pathlib import Path
+import shutil
+import time
+
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+from pi0_eqm.atomic import discard
+from pi0_eqm.training.checkpoint_assets import NormStatsCheckpointHandler
+from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
+from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
+from pi0_eqm.training.checkpoint_layout import DATA_STATE_FILE
+from pi0_eqm.training.checkpoint_layout import DATA_STATE_ITEM
+from pi0_eqm.training.checkpoint_layout import PARAMS_ITEM
+from pi0_eqm.training.checkpoint_layout import TMP_DIR_MARKER
+from pi0_eqm.training.checkpoint_layout import TRAIN_STATE_ITEM
+from pi0_eqm.training.checkpoint_layout import step_dirs
+
+logger = logging.getLogger(__name__)
+
+_BARRIER_COUNTER = itertools.count()
+
+
+def on_primary(name: str, fn, *args) -> None:
+    """Run a directory mutation on process 0 only, between barriers (no-op barriers on a single process).
+
+    All processes must call this in the same order (barrier names come from a shared counter).
+    """
+    if jax.process_count() == 1:
+        fn(*args)
+        return
+    n = next(_BARRIER_COUNTER)
+    ocp.multihost.sync_global_processes(f"pi0_eqm_ckpt_{name}_{n}_before")
+    if jax.process_index() == 0:
+        fn(*args)
+    ocp.multihost.sync_global_processes(f"pi0_eqm_ckpt_{name}_{n}_after")
+
+
+def _remove_stale_tmp_dirs(directory: Path) -> list[Path]:
+    stale = sorted(p for p in directory.iterdir() if TMP_DIR_MARKER in p.name)
+    for path in stale:
+        logger.warning(
+            "removing stale temporary checkpoint directory %s left by an interrupted save (openpi #566); it never "
+            "became a complete checkpoint", path,
+        )
+        for attempt in range(5):
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+                break
+            except OSError as e:
+                if attempt == 4:
+                    raise OSError(f"cannot remove stale temporary checkpoint directory {path}: {e}") from e
+                time.sleep(0.2 * (attempt + 1))  # a writer of the failed save may still be finishing
+    return stale
+
+
+def _refuse_to_wipe(directory: Path) -> None:
+    protected = {Path("/"), Path.home().absolute()}
+    cwd = Path.cwd().absolute()
+    if directory in protected or directory == cwd or directory in cwd.parents:
+        raise ValueError(f"refusing to --overwrite {directory}: it is /, the home directory or contains the cwd")
+
+
+def _wipe(directory: Path) -> None:
+    _refuse_to_wipe(directory)
+    discard(directory)  # the name is free at once, even if deletion is slow or interrupted
+
+
+def _make_manager(
+    directory: Path, *, keep_period: int | None, max_to_keep: int | None, async_save: bool, async_timeout_secs: int
+) -> ocp.CheckpointManager:
+    policies: list = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
+    if keep_period is not None:
+        policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_period))
+    options = ocp.CheckpointManagerOptions(
+        create=False,
+        enable_async_checkpointing=async_save,
+        async_options=ocp.AsyncOptions(timeout_secs=async_timeout_secs),
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+    )
+    return ocp.CheckpointManager(
+        epath.Path(directory),
+        item_handlers={
+            PARAMS_ITEM: ocp.PyTreeCheckpointHandler(),
+            TRAIN_STATE_ITEM: ocp.PyTreeCheckpointHandler(),
+            ASSETS_ITEM: NormStatsCheckpointHandler(),
+            DATA_STATE_ITEM: ocp.JsonCheckpointHandler(filename=DATA_STATE_FILE),
+        },
+        options=options,
+    )
+
+
+def initialize_checkpoint_dir(
+    directory: str | os.PathLike,
+    *,
+    keep_period: int | None = None,
+    max_to_keep: int | None = 1,
+    overwrite: bool = False,
+    resume: bool = False,
+    async_save: bool = True,
+    async_timeout_secs: int = 7200,
+) -> tuple[ocp.CheckpointManager, bool]:
+    """Prepare ``directory`` for a run and return ``(manager, resuming)``.
+
+    * ``overwrite``: delete the directory and start fresh.
+    * ``resume``: the directory must hold at least one complete step (else :class:`FileNotFoundError`).
+    * neither: the directory must not exist or be empty (else :class:`FileExistsError`).
+
+    Retention: the ``max_to_keep`` latest steps (``None`` = all) plus every step that is a multiple of
+    ``keep_period``. Stale ``*.orbax-checkpoint-tmp*`` directories are removed with a warning.
+    """
+    if overwrite and resume:
+        raise ValueError("--overwrite and --resume are mutually exclusive")
+    if max_to_keep is not None and max_to_keep < 1:
+        raise ValueError(f"max_to_keep must be >= 1 or None (keep all), got {max_to_keep}")
+    if keep_period is not None and keep_period < 1:
+        raise ValueError(f"keep_period must be >= 1 or None, got {keep_period}")
+    if str(directory).startswith(("gs://", "s3://")):
+        raise ValueError(f"only local checkpoint directories are supported, got {directory}")
+    directory = Path(directory).expanduser().absolute()
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"checkpoint directory {directory} exists and is not a directory")
+
+    non_empty = directory.is_dir() and any(directory.iterdir())
+    resuming = False
+    if non_empty:
+        if overwrite:
+            _refuse_to_wipe(directory)
+            logger.info("--overwrite: deleting %s", directory)
+            on_primary("wipe", _wipe, directory)
+        elif resume:
+            resuming = True
+        else:
+            steps = sorted(step_dirs(directory))
+            raise FileExistsError(
+                f"checkpoint directory {directory} already exists"
+                + (f" with steps {steps}" if steps else " and is not empty")
+                + ". Pass --resume to continue training from its latest checkpoint, or --overwrite to delete it and "
+                "start a new run."
+            )
+    elif resume:
+        state = "is empty" if directory.is_dir() else "does not exist"
+        raise FileNotFoundError(
+            f"--resume was given but the checkpoint directory {directory} {state}: there is nothing to resume. "
+            "Drop --resume to start a new run (or check the experiment name / checkpoint base dir)."
+        )
+
+    on_primary("mkdir", lambda: directory.mkdir(parents=True, exist_ok=True))
+    on_primary("remove_tmp", _remove_stale_tmp_dirs, directory)
+
+    if resuming:
+        steps = step_dirs(directory)
+        problems = {s: check_checkpoint_step(p) for s, p in sorted(steps.items())}
+        if not any(not p for p in problems.values()):
+            detail = "; ".join(f"step {s}: {', '.join(p)}" for s, p in problems.items()) or "no step directories"
+            raise FileNotFoundError(
+                f"--resume was given but {directory} has no complete checkpoint ({detail}). "
+                "Pass --overwrite instead to start a new run (this deletes the directory)."
+            )
+
+    manager = _make_manager(
+        directory,
+        keep_period=keep_period,
+        max_to_keep=max_to_keep,
+        async_save=async_save,
+        async_timeout_secs=async_timeout_secs,
+    )
+    return manager, resuming

@@ -1,0 +1,148 @@
+"""Checks of saved checkpoint steps, and setting aside the unreadable ones.
+
+* :func:`check_checkpoint_step`: structural problems of a step directory (commit marker, metadata, items, files).
+* :func:`tree_mismatches`: path/shape differences between a step's array items and the state to restore into.
+* :func:`quarantine`: rename unreadable steps to ``<step>.corrupt-<time>`` (kept for inspection, never deleted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from collections.abc import Mapping
+import json
+import logging
+import os
+from pathlib import Path
+import time
+from typing import Any
+
+import jax
+
+from pi0_eqm.data.normalize import NORM_STATS_FILE
+from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
+from pi0_eqm.training.checkpoint_layout import COMMIT_MARKER
+from pi0_eqm.training.checkpoint_layout import CORRUPT_MARKER
+from pi0_eqm.training.checkpoint_layout import DATA_STATE_FILE
+from pi0_eqm.training.checkpoint_layout import DATA_STATE_ITEM
+from pi0_eqm.training.checkpoint_layout import PARAMS_ITEM
+from pi0_eqm.training.checkpoint_layout import STEP_METADATA_FILE
+from pi0_eqm.training.checkpoint_layout import TRAIN_STATE_ITEM
+from pi0_eqm.training.params_io import _item_metadata_tree
+
+logger = logging.getLogger(__name__)
+
+
+def _json_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return f"missing {path.name}"
+    try:
+        json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"unreadable {path.name} ({type(e).__name__})"
+    return None
+
+
+def _pytree_item_problems(item_dir: Path) -> list[str]:
+    name = item_dir.name
+    if not item_dir.is_dir():
+        return [f"missing item directory {name}/"]
+    problems = []
+    if (p := _json_problem(item_dir / "_METADATA")) is not None:
+        problems.append(f"{name}/: {p}")
+    manifest = item_dir / "manifest.ocdbt"
+    if not manifest.is_file() or manifest.stat().st_size == 0:
+        problems.append(f"{name}/: missing or empty manifest.ocdbt")
+    for sub in ("d", "ocdbt.process_0"):
+        root = item_dir / sub
+        if root.is_dir():
+            for f in root.rglob("*"):
+                if f.is_file() and f.stat().st_size == 0:
+                    problems.append(f"{name}/: empty data file {f.relative_to(item_dir)}")
+    return problems
+
+
+def check_checkpoint_step(step_dir: str | os.PathLike) -> list[str]:
+    """Structural problems of a saved step directory (empty list = looks complete).
+
+    Checks the commit marker and step metadata, the ``params`` and ``train_state`` items (metadata, OCDBT
+    manifest, no empty data files) and that optional ``data_state``/``assets`` files parse. It does not read the
+    arrays; :func:`pi0_eqm.training.checkpoints.restore_state` does that and falls back on errors.
+    """
+    step_dir = Path(step_dir)
+    if not step_dir.is_dir():
+        return ["step directory is missing"]
+    problems = []
+    if not (step_dir / COMMIT_MARKER).is_file():
+        problems.append(f"no commit marker ({COMMIT_MARKER}): the save did not finish")
+    if (p := _json_problem(step_dir / STEP_METADATA_FILE)) is not None:
+        problems.append(p)
+    for item in (PARAMS_ITEM, TRAIN_STATE_ITEM):
+        problems.extend(_pytree_item_problems(step_dir / item))
+    data_dir = step_dir / DATA_STATE_ITEM
+    if data_dir.exists() and (p := _json_problem(data_dir / DATA_STATE_FILE)) is not None:
+        problems.append(f"{DATA_STATE_ITEM}/: {p}")
+    assets = step_dir / ASSETS_ITEM
+    if assets.is_dir():
+        for f in assets.rglob(NORM_STATS_FILE):
+            if (p := _json_problem(f)) is not None:
+                problems.append(f"{f.relative_to(step_dir)}: {p}")
+    return problems
+
+
+def _key_str(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _flat_shapes(tree, is_leaf=None) -> dict[str, tuple[int, ...]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+    return {"/".join(_key_str(k) for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _is_array_metadata(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _compare(item: str, expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
+    diffs = [
+        f"{item}/{k}: missing from the checkpoint (expected shape {expected[k]})" for k in expected if k not in found
+    ]
+    diffs += [
+        f"{item}/{k}: in the checkpoint (shape {found[k]}) but not in the state" for k in found if k not in expected
+    ]
+    diffs += [
+        f"{item}/{k}: shape {found[k]} in the checkpoint, {expected[k]} expected"
+        for k in expected
+        if k in found and found[k] != expected[k]
+    ]
+    return diffs
+
+
+def tree_mismatches(step_dir: Path, expected: Mapping[str, Any]) -> list[str]:
+    """Path/shape differences between the saved PyTree items of ``step_dir`` and ``expected`` (``{item: tree}``).
+
+    Reads only the items' metadata, not the arrays.
+    """
+    diffs = []
+    for item, tree in expected.items():
+        found = _flat_shapes(_item_metadata_tree(step_dir / item), is_leaf=_is_array_metadata)
+        diffs += _compare(item, _flat_shapes(tree), found)
+    return diffs
+
+
+def quarantine(directory: Path, steps: Iterable[int]) -> None:
+    """Rename the unreadable ``<directory>/<step>`` directories to ``<step>.corrupt-<time>[-n]``, with a warning."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for step in steps:
+        src = directory / str(step)
+        if not src.exists():
+            continue
+        dst = directory / f"{step}{CORRUPT_MARKER}{stamp}"
+        n = 0
+        while dst.exists():
+            n += 1
+            dst = directory / f"{step}{CORRUPT_MARKER}{stamp}-{n}"
+        os.rename(src, dst)
+        logger.warning("moved unreadable checkpoint step %d to %s (kept for inspection; delete it when done)", step, dst)

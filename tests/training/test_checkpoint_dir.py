@@ -1,0 +1,92 @@
+"""Checkpoint run directories: --resume/--overwrite rules, stale tmp dirs, warnings logged once (real orbax)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import pytest
+
+from pi0_eqm.training import checkpoints as ckpt
+from tests.training._checkpoint_common import _logs_warning
+from tests.training._checkpoint_common import _open
+from tests.training._checkpoint_common import _small_state
+
+
+def test_existing_dir_needs_resume_or_overwrite(tmp_path):
+    manager, _ = _open(tmp_path, async_save=False)
+    ckpt.save_state(manager, _small_state(1), ema=False)
+    with pytest.raises(FileExistsError, match=r"steps \[1\].*--resume.*--overwrite"):
+        ckpt.initialize_checkpoint_dir(tmp_path / "run")
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        ckpt.initialize_checkpoint_dir(tmp_path / "run", resume=True, overwrite=True)
+
+    _, resuming = ckpt.initialize_checkpoint_dir(tmp_path / "run", resume=True)
+    assert resuming
+
+    (tmp_path / "run" / "notes.txt").write_text("x")
+    manager, resuming = ckpt.initialize_checkpoint_dir(tmp_path / "run", overwrite=True)
+    assert not resuming and os.listdir(tmp_path / "run") == []
+    assert manager.all_steps() == []
+    assert not [p for p in os.listdir(tmp_path) if p != "run"]  # no trash left behind
+
+
+def test_resume_requires_a_complete_step(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*nothing to resume"):
+        ckpt.initialize_checkpoint_dir(tmp_path / "missing", resume=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="is empty"):
+        ckpt.initialize_checkpoint_dir(tmp_path / "empty", resume=True)
+    manager, resuming = ckpt.initialize_checkpoint_dir(tmp_path / "empty")  # an empty dir is a fresh start
+    assert not resuming
+
+    ckpt.save_state(manager, _small_state(1), ema=False, wait=True)
+    (tmp_path / "empty" / "1" / "commit_success.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint.*step 1: no commit marker.*--overwrite"):
+        ckpt.initialize_checkpoint_dir(tmp_path / "empty", resume=True)
+
+
+def test_stale_tmp_dirs_are_removed_with_a_warning(tmp_path, caplog):
+    manager, _ = _open(tmp_path, async_save=False)
+    ckpt.save_state(manager, _small_state(1), ema=False)
+    run = tmp_path / "run"
+    for name in ("2.orbax-checkpoint-tmp", "3.orbax-checkpoint-tmp-1712345678"):
+        (run / name / "params").mkdir(parents=True)
+        (run / name / "params" / "junk").write_bytes(b"partial")
+    with _logs_warning(caplog, "stale temporary checkpoint") as record:
+        manager, resuming = ckpt.initialize_checkpoint_dir(run, resume=True, max_to_keep=None)
+    assert len([m for m in record if "stale" in m]) == 2
+    assert resuming and os.listdir(run) == ["1"]
+    ckpt.save_state(manager, _small_state(2), ema=False, wait=True)
+    assert sorted(manager.all_steps()) == [1, 2]
+
+
+def test_each_checkpoint_warning_is_emitted_once(tmp_path, caplog):
+    """Stale tmp removal, fallback and quarantine each warn exactly once, counting the log and the warnings module."""
+    manager, _ = _open(tmp_path, async_save=False)
+    for s in (1, 2):
+        ckpt.save_state(manager, _small_state(s), ema=False)
+    run = tmp_path / "run"
+    (run / "2" / "commit_success.txt").unlink()
+    (run / "3.orbax-checkpoint-tmp").mkdir()
+    manager.close()
+    with warnings.catch_warnings(record=True) as issued, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        manager, _ = ckpt.initialize_checkpoint_dir(run, resume=True, max_to_keep=None)
+        assert ckpt.restore_state(manager, _small_state(0))[2] == 1
+    messages = [r.getMessage() for r in caplog.records] + [str(w.message) for w in issued]
+    for text in (
+        "removing stale temporary checkpoint directory",
+        "checkpoint step 2 in",
+        "moved unreadable checkpoint step 2",
+    ):
+        assert sum(text in m for m in messages) == 1, (text, messages)
+
+
+def test_overwrite_refuses_dangerous_dirs(tmp_path, monkeypatch):
+    (tmp_path / "x").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="refusing to --overwrite"):
+        ckpt.initialize_checkpoint_dir(tmp_path, overwrite=True)
+    assert (tmp_path / "x").read_text() == "keep me"

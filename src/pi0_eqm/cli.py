@@ -6,12 +6,14 @@ from collections.abc import Callable
 import sys
 from typing import Any
 
+import tyro
+
+from pi0_eqm.errors import InvalidRequestError
+
 
 def run(main: Callable[[Any], Any], args_type: type, user_errors: tuple[type[BaseException], ...] = ()) -> None:
     """``main(tyro.cli(args_type))``; a user error (missing file, bad value) prints ``error: ...`` and exits 2."""
-    import tyro
 
-    from pi0_eqm.errors import InvalidRequestError
 
     errors = (FileNotFoundError, FileExistsError, ValueError, InvalidRequestError, *user_errors)
     try:

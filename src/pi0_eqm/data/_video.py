@@ -21,7 +21,7 @@ def encode_video(
     path: Path, frames: np.ndarray, fps: float, *, codec: str = DEFAULT_CODEC, gop: int = 2, crf: int = 30
 ) -> None:
     """Encode ``uint8 [T, H, W, 3]`` RGB frames to an mp4 file (yuv420p), one frame every ``1/fps`` seconds."""
-    import av
+    import av  # lazy: PyAV loads the FFmpeg libraries; only video datasets need it
 
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -49,7 +49,7 @@ def decode_video(path: Path, timestamps: Sequence[float] | None = None, *, toler
     For timestamps, the decoder seeks to the keyframe before the first one and decodes forward; each requested
     time must match a frame within ``tolerance_s``.
     """
-    import av
+    import av  # lazy: PyAV loads the FFmpeg libraries; only video datasets need it
 
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")

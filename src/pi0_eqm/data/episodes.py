@@ -20,6 +20,7 @@ from typing import Protocol
 from typing import runtime_checkable
 
 import numpy as np
+from PIL import Image
 
 STATE_KEY = "observation/state"
 ACTION_KEY = "action"
@@ -153,7 +154,6 @@ def check_index(index: int, length: int) -> int:
 
 def encode_png(image: np.ndarray) -> bytes:
     """PNG-encode a ``uint8 [H, W, C]`` image with Pillow (no TensorFlow needed)."""
-    from PIL import Image
 
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
@@ -166,7 +166,6 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def decode_image(data: bytes, *, channels: int | None = None) -> np.ndarray:
     """Decode PNG/JPEG bytes to ``uint8 [H, W, C]`` (C = ``channels`` if given, else what the file holds)."""
-    from PIL import Image
 
     with Image.open(io.BytesIO(data)) as pil:
         if channels == 3 and pil.mode != "RGB":

@@ -24,6 +24,8 @@ import threading
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pi0_eqm.atomic import atomic_directory
@@ -63,7 +65,6 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _column_to_numpy(column, shape: tuple[int, ...]) -> np.ndarray:
     """Arrow column of (nested, fixed or variable) lists or scalars -> ``[T, *shape]``."""
-    import pyarrow as pa
 
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(arr)
@@ -151,7 +152,6 @@ class LeRobotDataset:
         return value
 
     def _read_table(self, episode_index: int, columns: list[str]):
-        import pyarrow.parquet as pq
 
         path = self._path("data_path", episode_index)
         if not path.is_file():
@@ -256,7 +256,6 @@ def _feature_spec(arr: np.ndarray, *, image: bool, video: bool, fps: float, code
 
 
 def _arrow_column(arr: np.ndarray):
-    import pyarrow as pa
 
     if arr.ndim == 1:
         return pa.array(arr)
@@ -295,8 +294,6 @@ def _layout(first: Episode, names: Mapping[str, str], image_keys, *, video: bool
 
 def _write_episode(tmp: Path, e: int, ep: Episode, *, task_index: int, offset: int, fps: float, columns: Mapping[str, str],
                    keys: tuple[str, ...], video: bool, codec: str, chunks_size: int) -> None:  # fmt: skip
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     T, chunk = len(ep), e // chunks_size
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

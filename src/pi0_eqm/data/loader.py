@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import dataclasses
 from typing import Any
 
+import grain
+import jax
 import numpy as np
 
 _STATE_FORMAT = "pi0_eqm.data.loader/1"
@@ -56,7 +58,6 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def jax_process_shard() -> tuple[int, int]:
     """``(shard_index, shard_count)`` = ``(jax.process_index(), jax.process_count())`` for multi-host jobs."""
-    import jax
 
     return jax.process_index(), jax.process_count()
 
@@ -127,7 +128,6 @@ class DataLoader:
         self._dataset = self._build()
 
     def _build(self):
-        import grain
 
         c = self.config
         ds = grain.MapDataset.source(self.source)

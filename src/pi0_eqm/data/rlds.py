@@ -48,7 +48,7 @@ _OBTAIN_HINT = (
 
 
 def _tfds():
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # lazy: importing TFDS takes seconds; only RLDS datasets need it
 
     return tfds
 
@@ -188,7 +188,7 @@ def write_rlds_dataset(
     single rename, so an interrupted write leaves nothing visible.
     """
     tfds = _tfds()
-    from tensorflow_datasets.core.utils import tqdm_utils
+    from tensorflow_datasets.core.utils import tqdm_utils  # lazy: importing TFDS takes seconds (see _tfds)
 
     if not re.fullmatch(r"[a-z0-9_]+", name):
         raise ValueError(f"dataset name {name!r} must be snake_case (lowercase letters, digits, '_'), as TFDS requires")

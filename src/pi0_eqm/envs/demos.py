@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pi0_eqm.data.episodes import Episode
+from pi0_eqm.data.rlds import find_version_dir
+from pi0_eqm.data.rlds import is_complete_rlds
+from pi0_eqm.data.rlds import write_rlds_dataset
 from pi0_eqm.envs.metaworld import generate_demos
 from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.envs.tasks import dataset_name
@@ -19,9 +22,6 @@ def generate_dataset(root: str | Path, *, tasks: Sequence[str] = DEFAULT_TASKS, 
                      seed: int = 0, resolution: int = 64, max_steps: int = 200, name: str | None = None,
                      overwrite: bool = False, progress: bool = True) -> Path:
     """Writes (or reuses) ``<root>/<name>/1.0.0`` and returns the dataset's version directory."""
-    from pi0_eqm.data.rlds import find_version_dir
-    from pi0_eqm.data.rlds import is_complete_rlds
-    from pi0_eqm.data.rlds import write_rlds_dataset
 
     tasks = tuple(tasks)
     name = name or dataset_name(tasks, episodes_per_task, seed, resolution)

@@ -22,7 +22,9 @@ import time
 from typing import Any
 from typing import Protocol
 
+import imageio.v3 as iio
 import numpy as np
+from tqdm.auto import tqdm
 
 from pi0_eqm.envs import metaworld as mw
 from pi0_eqm.envs.stats import success_summary
@@ -122,7 +124,6 @@ def _frame(obs: dict[str, Any], scale: int) -> np.ndarray:
 
 def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 20) -> Path:
     """Write uint8 [H, W, 3] frames as MP4 (H.264 via PyAV); falls back to GIF if no encoder is available."""
-    import imageio.v3 as iio
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +246,6 @@ def evaluate(
     (e.g. to append JSONL). Returns ``{"config", "versions", "episodes", "per_task", "mean_success", "overall",
     "timing"}``; ``mean_success`` is the unweighted mean over tasks, ``overall`` pools all episodes (Wilson 95% CI).
     """
-    from tqdm.auto import tqdm
 
     tasks = list(tasks)
     if not tasks:

@@ -39,19 +39,21 @@ import metaworld  # noqa: E402  (registers the Meta-World/* gymnasium ids)
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
-
-IMAGE_KEY = "observation/image"
-WRIST_IMAGE_KEY = "observation/wrist_image"
-STATE_KEY = "observation/state"
-PROMPT_KEY = "prompt"
-ENV_STATE_KEY = "observation/env_state"  # privileged raw 39-d float64 Meta-World obs (only if privileged=True)
-ACTION_DIM = 4
-STATE_DIM = 4
-CONFIGS_PER_BLOCK = 50  # metaworld._N_GOALS
-MAX_PATH_LENGTH = 500  # Meta-World refuses to step further without a reset
+from tqdm.auto import tqdm  # noqa: E402
 
 from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
 from pi0_eqm.envs.tasks import INSTRUCTIONS  # noqa: E402
+from pi0_eqm.robots import METAWORLD  # noqa: E402
+
+# The observation keys and dims are the robot's (pi0_eqm/robots/metaworld.py).
+IMAGE_KEY, WRIST_IMAGE_KEY = (c.sample_key for c in METAWORLD.cameras)
+STATE_KEY = METAWORLD.state_key[0]
+PROMPT_KEY = "prompt"
+ENV_STATE_KEY = "observation/env_state"  # privileged raw 39-d float64 Meta-World obs (only if privileged=True)
+ACTION_DIM = METAWORLD.action_dim
+STATE_DIM = METAWORLD.state_dim
+CONFIGS_PER_BLOCK = 50  # metaworld._N_GOALS
+MAX_PATH_LENGTH = 500  # Meta-World refuses to step further without a reset
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -321,7 +323,6 @@ def generate_demos(
     Deterministic given the arguments: task ``t`` uses ``MetaWorldEnv(t, seed)`` episodes 0, 1, 2, ... until enough
     succeeded or ``max_attempts_per_task`` (default ``2 * episodes_per_task + 10``) were tried, which raises.
     """
-    from tqdm.auto import tqdm
 
     tasks = list(tasks)
     if not tasks:

@@ -7,6 +7,9 @@ import math
 from statistics import NormalDist
 from typing import Any
 
+from scipy.stats import binomtest
+from scipy.stats import t as student_t
+
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion ``successes / n``.
@@ -49,7 +52,6 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], confidence: float = 
     differences, the discordant counts (``a_only``: a succeeded, b failed; ``b_only``) and McNemar's exact two-sided
     p-value (binomial test on the discordant pairs; 1.0 when there are none).
     """
-    from scipy.stats import binomtest
 
     a = [bool(x) for x in a]
     b = [bool(x) for x in b]
@@ -78,7 +80,6 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], confidence: float = 
 
 def seed_mean_interval(rates: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean of per-seed success rates with a Student-t interval across seeds: ``(mean, lo, hi)``."""
-    from scipy.stats import t as student_t
 
     n = len(rates)
     if n == 0:

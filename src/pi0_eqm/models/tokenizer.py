@@ -11,8 +11,11 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+import re
+import zlib
 
 import numpy as np
+import sentencepiece
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +66,6 @@ class WordHashTokenizer:
     vocab_size_needed = 64
 
     def tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        import re
-        import zlib
 
         words = re.findall(r"[a-z0-9]+|[^a-z0-9\s]", clean_prompt(prompt).lower())
         ids = [1] + [3 + zlib.crc32(w.encode()) % (self.vocab_size - 3) for w in words] + [2]
@@ -106,7 +107,6 @@ _SP_CACHE: dict[str, object] = {}
 
 
 def _load_sp(path: str):
-    import sentencepiece
 
     if path not in _SP_CACHE:
         _SP_CACHE[path] = sentencepiece.SentencePieceProcessor(model_file=path)

@@ -9,8 +9,9 @@ from pi0_eqm.data.normalize import load_norm_stats
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy import Policy
 from pi0_eqm.training.config import TrainConfig
+from pi0_eqm.training.params_io import restore_params
 
-logger = logging.getLogger("pi0_eqm")
+logger = logging.getLogger(__name__)
 
 
 def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: DecoderSettings | None = None,
@@ -26,7 +27,6 @@ def create_trained_policy(config: TrainConfig, checkpoint_dir: str | Path, *, se
                           default_prompt: str | None = None) -> Policy:
     """``checkpoint_dir`` is a step directory (``<run>/<step>``) or an exported directory with ``params/`` and
     ``assets/<asset_id>/norm_stats.json``. Norm stats come from the checkpoint, not from the config's assets dir."""
-    from pi0_eqm.training.params_io import restore_params
 
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / "params").exists():

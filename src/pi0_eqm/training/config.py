@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from pathlib import Path
+import sys
 from typing import Any
+
+import tyro
 
 from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.envs.tasks import dataset_name
@@ -217,9 +220,7 @@ def cli(args: list[str] | None = None) -> TrainConfig:
 
     ``--ki`` turns knowledge insulation on for any config (``with_ki``); its ``--model.ki.*`` fields then apply.
     """
-    import sys
 
-    import tyro
 
     args = list(sys.argv[1:] if args is None else args)
     ki = "--ki" in args

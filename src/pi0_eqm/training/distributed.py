@@ -33,6 +33,9 @@ import logging
 import os
 import re
 
+import jax
+from jax._src import xla_bridge
+
 logger = logging.getLogger(__name__)
 
 ENV_COORDINATOR = "PI0_COORDINATOR_ADDRESS"
@@ -169,7 +172,6 @@ def initialize_from_env(env: Mapping[str, str] | None = None, *, initialization_
     A no-op returning ``(0, 1)`` for a single process. Idempotent: a second call (or a call after the launcher
     already initialized JAX) returns the current values. Must run before anything touches a JAX backend.
     """
-    import jax
 
     if jax.distributed.is_initialized():
         return jax.process_index(), jax.process_count()
@@ -177,7 +179,6 @@ def initialize_from_env(env: Mapping[str, str] | None = None, *, initialization_
     if args is None:
         return 0, 1
 
-    from jax._src import xla_bridge
 
     if xla_bridge.backends_are_initialized():
         raise RuntimeError(
@@ -208,14 +209,12 @@ def initialize_from_env(env: Mapping[str, str] | None = None, *, initialization_
 
 def per_host_shard() -> tuple[int, int]:
     """``(shard_index, shard_count)`` for this host's data loader: one disjoint shard per JAX process."""
-    import jax
 
     return jax.process_index(), jax.process_count()
 
 
 def is_main_process() -> bool:
     """True on the process that should log, write summaries and export artefacts."""
-    import jax
 
     return jax.process_index() == 0
 

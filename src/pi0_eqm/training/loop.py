@@ -16,7 +16,9 @@ import time
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
+from pi0_eqm.data.chunking import ChunkedDataset
 from pi0_eqm.data.loader import DataLoader
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
@@ -26,6 +28,7 @@ from pi0_eqm.training import distributed as _dist
 from pi0_eqm.training import sharding as _sharding
 from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.data_config import ToyDataConfig
+from pi0_eqm.training.toy_data import ToySource
 from pi0_eqm.training.train_step import init_train_state
 from pi0_eqm.training.train_step import make_train_step
 
@@ -41,12 +44,10 @@ def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count:
         raise ValueError(f"global batch size {config.batch_size} is not divisible by {shard_count} processes")
     local_batch = config.batch_size // shard_count
     if isinstance(config.data, ToyDataConfig):
-        from pi0_eqm.training.toy_data import ToySource
 
         source = ToySource(config.model, config.data.num_samples, seed=config.seed)
         transform = data_cfg.pipeline.training() if data_cfg.pipeline.model.inputs else None
     else:
-        from pi0_eqm.data.chunking import ChunkedDataset
 
         source = ChunkedDataset(config.data.open_source(), config.model.action_horizon)
         if data_cfg.norm_stats is None:
@@ -107,7 +108,6 @@ def _log_line(path: Path, record: dict) -> None:
 
 def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None = None) -> dict:
     """Runs (or resumes) training. ``stop_after`` stops after that many steps of this call (tests: simulate a kill)."""
-    from tqdm import tqdm
 
     process_index, process_count = _dist.initialize_from_env()
     mesh = _sharding.make_mesh(config.fsdp_devices)
@@ -211,7 +211,7 @@ def _maybe_wandb(config: TrainConfig, resuming: bool):
     if not config.wandb_enabled or jax.process_index() != 0:
         return None
     try:
-        import wandb
+        import wandb  # lazy: optional extra (uv sync --extra wandb)
     except ImportError as e:
         raise ImportError("wandb is enabled but not installed: uv sync --extra wandb") from e
     id_file = config.checkpoint_dir / "wandb_id.txt"

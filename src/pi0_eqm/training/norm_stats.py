@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from pi0_eqm.data.chunking import ChunkedDataset
 from pi0_eqm.data.normalize import compute_norm_stats
+from pi0_eqm.data.normalize import normalize_dict
 from pi0_eqm.data.normalize import save_norm_stats
+from pi0_eqm.models.fast import FastTokenizer
+from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
 from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.data_config import EpisodicDataConfig
 
@@ -42,11 +47,7 @@ def compute_for_config(config: TrainConfig, *, max_frames: int | None = None, se
 
 def fit_fast_tokenizer(config: TrainConfig, stats, samples, out_dir: Path, *, max_chunks: int = 50_000) -> Path:
     """Fits the FAST tokenizer (DCT + BPE) on normalised action chunks; writes ``<out_dir>/fast_tokenizer/``."""
-    import numpy as np
 
-    from pi0_eqm.data.normalize import normalize_dict
-    from pi0_eqm.models.fast import FastTokenizer
-    from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
 
     ki, real = config.model.ki, config.model.real_action_dim or config.model.action_dim
     chunks = []

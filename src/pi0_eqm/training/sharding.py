@@ -29,6 +29,7 @@ import math
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -235,7 +236,6 @@ def gather_to_host(tree: Any) -> Any:
     """Full numpy copies of (possibly multi-host sharded) arrays on every process, e.g. for logging or export."""
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, jax.device_get(tree))
-    from jax.experimental import multihost_utils
 
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 

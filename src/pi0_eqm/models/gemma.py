@@ -1,6 +1,6 @@
 """Gemma decoder with a list of experts that share one attention (openpi's "mixture of transformers").
 
-Parameter names and shapes follow openpi / big_vision exactly (see ``openpi-compat.md`` §2.2, §3.1):
+Parameter names and shapes follow openpi / big_vision exactly (``tests/models/test_pi0.py`` checks the full tree):
 
 * expert 0 uses the bare names (``q_einsum``, ``mlp``, ``pre_attention_norm``...), expert ``i`` the suffix ``_i``;
 * every per-layer parameter is stacked on a leading depth axis (``nn.scan`` over ``layers``);

@@ -1,4 +1,4 @@
-"""Multi-process (multi-host) JAX start-up from environment variables. openpi has none (``openpi-compat.md`` §9.5).
+"""Multi-process (multi-host) JAX start-up from environment variables (openpi has no equivalent).
 
 Call :func:`initialize_from_env` first thing in a training script, before any other JAX call. It reads, in order:
 

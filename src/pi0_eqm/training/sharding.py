@@ -1,6 +1,6 @@
 """Data parallelism + FSDP on a 2-D ``("data", "fsdp")`` device mesh, single- or multi-host.
 
-The layout follows openpi (``openpi-compat.md`` §4.5): the batch is split over *all* devices
+The layout follows openpi's ``sharding.py``: the batch is split over *all* devices
 (``P(("data", "fsdp"))``), and parameters / optimizer state above ``min_size_mbytes`` are sharded along their largest
 axis divisible by the fsdp size (everything else is replicated). ``fsdp`` therefore only saves memory; the
 data-parallel degree is always the full device count.
@@ -17,7 +17,7 @@ Typical use (the same code runs on one CPU, 8 fake CPU devices, or several hosts
             state, metrics = step(state, obs, actions, pad)
 
 ``jax.make_mesh`` defaults to ``Explicit`` axis types on jax ≥ 0.7, under which openpi-style FSDP fails at trace
-time; :func:`make_mesh` always builds ``Auto`` axes (``stack.md`` §4).
+time; :func:`make_mesh` always builds ``Auto`` axes.
 """
 
 from __future__ import annotations

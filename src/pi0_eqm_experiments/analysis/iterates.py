@@ -153,7 +153,7 @@ def record_solve(policy, obs: Mapping[str, Any], *, init: np.ndarray | None = No
     (warm); default: noise from ``seed``. ``settings`` override the config's solver settings; the default records the
     full ``max_iters = 60`` trajectory (the default solver reaches ε = 1e-3 well inside it) without stopping early. Unlike ``Policy.infer`` this keeps no session state.
     """
-    if not getattr(policy, "_is_eqm", False):
+    if policy.decoder.kind != "eqm":
         raise TypeError("record_solve needs an EqM policy (the flow decoder has no solver trajectory)")
     model_obs, inputs = policy_model_inputs(policy, obs)
     if init is None:
@@ -163,7 +163,7 @@ def record_solve(policy, obs: Mapping[str, Any], *, init: np.ndarray | None = No
     if init.shape != (cfg.action_horizon, cfg.action_dim):
         raise ValueError(f"init must have shape {(cfg.action_horizon, cfg.action_dim)}, got {init.shape}")
     actions, stats = _decode_recorded(policy.params, model_obs, jax.random.key(seed), jnp.asarray(init)[None],
-                                      decoder=policy._decoder, settings=settings)
+                                      decoder=policy.decoder, settings=settings)
     actions, stats = jax.device_get((actions, stats))
     iterations = int(stats.iterations[0])
     # The buffers are sized by the config's cap; keep the iterations that ran.

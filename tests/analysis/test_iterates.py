@@ -144,7 +144,7 @@ def test_record_solve_shapes_and_robot_space(random_policy):
     # The recorded residual is the solver's normalized residual of the field at the lookahead (real dims only).
     model_obs, _ = it.policy_model_inputs(pol, obs)
     assert model_obs.state.shape == (1, d_model)
-    f = pol._decoder.field_fn(pol.params, model_obs)(rec.lookaheads[5][None])
+    f = pol.decoder.field_fn(pol.params, model_obs)(rec.lookaheads[5][None])
     r5 = normalized_residual(f, pol.config.action_dim_mask())
     np.testing.assert_allclose(float(r5[0]), rec.residuals[5], rtol=1e-4)
 
@@ -154,7 +154,7 @@ def contracting_policy(random_policy):
     """The same policy with the network's field replaced by a contracting one, f(A) = 20·(A − s₀) (s₀: first normalized
     state entry), so residuals fall geometrically and thresholds are crossed inside a short budget."""
     pol = it.policy_with_settings(random_policy, DecoderSettings())
-    pol._decoder.field_fn = lambda params, obs: (lambda a: 20.0 * (a - obs.state[:, None, :1]))
+    pol.decoder.field_fn = lambda params, obs: (lambda a: 20.0 * (a - obs.state[:, None, :1]))
     return pol
 
 

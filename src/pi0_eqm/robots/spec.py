@@ -72,14 +72,8 @@ class RobotSpec:
         return SliceActions(self.action_dim)
 
     def repack(self) -> _t.RepackTransform:
-        structure: dict[str, Any] = {}
-        for key, source in [*((c.key, c.sample_key) for c in self.cameras if c.lerobot_feature is not None),
-                            (self.state_key, "state"), (("actions",), "actions"), (("prompt",), "prompt")]:
-            node = structure
-            for part in key[:-1]:
-                node = node.setdefault(part, {})
-            node[key[-1]] = source
-        return _t.RepackTransform(structure)
+        return _t.RepackTransform(_nest([*((c.key, c.sample_key) for c in self.cameras if c.lerobot_feature is not None),
+                                         (self.state_key, "state"), (("actions",), "actions"), (("prompt",), "prompt")]))
 
     def lerobot_keys(self) -> dict[str, Any]:
         return {"image_keys": {c.sample_key: c.lerobot_feature for c in self.cameras if c.lerobot_feature is not None},
@@ -93,30 +87,29 @@ class RobotSpec:
         size = image_size or self.image_size
         if size is None:
             raise ValueError(f"robot {self.name!r} has no fixed image size; pass image_size")
-        fields: dict[str, Any] = {}
         entries = [(c.key, ImageSpec(size, size, layouts=c.layouts, required=c.required)) for c in self.cameras]
         entries.append((self.state_key, ArraySpec((self.state_dim,), kinds="f", finite=True)))
         entries.append((("prompt",), StringSpec(required=True, max_len=4096) if self.prompt_required
                         else StringSpec(required=False)))
-        for key, spec in entries:
-            node = fields
-            for part in key[:-1]:
-                node = node.setdefault(part, {})
-            node[key[-1]] = spec
-        return ObservationSchema(fields, allow_extra=allow_extra, name=self.name)
+        return ObservationSchema(_nest(entries), allow_extra=allow_extra, name=self.name)
 
     def example(self, rng: np.random.Generator, image_size: int | None = None, prompt: str = "do the task") -> dict:
         """A random observation that ``schema(image_size)`` accepts (every camera, uint8 in its first layout)."""
         size = image_size or self.image_size
-        obs: dict[str, Any] = {}
         values = [(c.key, _random_image(rng, size, c.layouts[0])) for c in self.cameras]
         values += [(self.state_key, rng.normal(size=self.state_dim).astype(np.float32)), (("prompt",), prompt)]
-        for key, value in values:
-            node = obs
-            for part in key[:-1]:
-                node = node.setdefault(part, {})
-            node[key[-1]] = value
-        return obs
+        return _nest(values)
+
+
+def _nest(items) -> dict[str, Any]:
+    """``[(key path, value), ...]`` → a nested dict with each value at its path."""
+    out: dict[str, Any] = {}
+    for key, value in items:
+        node = out
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
+    return out
 
 
 def _random_image(rng: np.random.Generator, size: int, layout: str) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Closed-loop evaluation of a trained checkpoint on the embedded Meta-World benchmark (held-out seeds).
 
-    uv run scripts/eval.py --config pi0_eqm_metaworld --checkpoint checkpoints/pi0_eqm_metaworld/main \\
+    uv run scripts/eval.py --checkpoint checkpoints/pi0_eqm_metaworld/main [--config pi0_eqm_metaworld] \\
         [--episodes-per-task 10] [--replan-every 8] [--preset action|paper|bb] [--threshold 1e-2] [--max-iters 10] \\
         [--step-size 0.03] [--momentum 0.3] [--variant nesterov] [--warm-start off] [--videos-per-task 1]
 
 Writes ``<out>/results.json`` (per-episode records, per-task and mean success with 95% CIs, solver iterations and
-latency) and ``<out>/success.png``; prints a table.
+latency) and ``<out>/success.png``; prints a table. The train config is the one the checkpoint records (``--config``
+is then optional, and refused if it does not match; checkpoints saved before configs were recorded need it).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pi0_eqm.decoders.settings import DecoderSettings  # noqa: E402
 
 @dataclasses.dataclass
 class Args:
-    config: str
-    checkpoint: str  # run dir (latest step is used), step dir, or exported dir
+    checkpoint: str  # run dir (latest committed step is used), step dir, or exported dir
+    config: str | None = None  # default: the config recorded in the checkpoint
     episodes_per_task: int = 10
     replan_every: int = 8
     seed: int = 1000  # evaluation seed (demos use 0: held-out configurations)
@@ -37,12 +38,12 @@ class Args:
 
 def main(args: Args) -> dict:
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
-    from pi0_eqm.training.config import get_config
+    from pi0_eqm.policies.policy_config import resolve_checkpoint
     from pi0_eqm_experiments.benchmarks import metaworld as bench
 
-    cfg = get_config(args.config)
+    cfg, step_dir = resolve_checkpoint(args.checkpoint, args.config)
     settings = dataclasses.replace(args.decoder, executed=args.replan_every)
-    policy = bench.load_policy(cfg, args.checkpoint, settings)
+    policy = bench.load_policy(cfg, step_dir, settings)
     tasks = args.tasks or DEFAULT_TASKS
     result = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,
                                    seed=args.seed, max_steps=args.max_steps, tasks=tasks,
@@ -52,8 +53,8 @@ def main(args: Args) -> dict:
     result["settings"] = dataclasses.asdict(settings)
     result["summary"] = row
     bench.save_json(os.path.join(args.out, "results.json"), result)
-    bench.plot_success({args.config: row}, tasks, os.path.join(args.out, "success.png"), f"{args.config} on Meta-World")
-    print(bench.format_table({args.config: row}, tasks))
+    bench.plot_success({cfg.name: row}, tasks, os.path.join(args.out, "success.png"), f"{cfg.name} on Meta-World")
+    print(bench.format_table({cfg.name: row}, tasks))
     print(f"results in {args.out}/results.json")
     return result
 

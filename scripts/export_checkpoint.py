@@ -14,7 +14,7 @@ import dataclasses
 
 @dataclasses.dataclass
 class Args:
-    checkpoint: str  # a step directory of a training run (or an exported directory)
+    checkpoint: str  # a run directory (its latest committed step), a step directory or an exported directory
     out: str
     bf16: bool = False
     overwrite: bool = False

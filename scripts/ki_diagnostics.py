@@ -25,7 +25,7 @@ class Args:
 def main(args: Args) -> dict:
     from pi0_eqm.training.config import get_config
     from pi0_eqm_experiments.analysis.ki import backbone_vs_expert
-    from pi0_eqm_experiments.benchmarks.metaworld import latest_step_dir
+    from pi0_eqm.training.checkpoint_dir import latest_step_dir
 
     cfg = get_config(args.config)
     if args.assets_base_dir:

@@ -3,6 +3,7 @@
 Examples:
     uv run scripts/train.py debug_eqm --exp-name=try --overwrite        # tiny model, generated data, seconds on CPU
     uv run scripts/train.py pi0_eqm_libero --exp-name=run1 --batch-size=32 --fsdp-devices=4
+    uv run scripts/train.py pi0_libero_cpu --exp-name=run1 --data.path=/data/libero_object --model.decoder.kind=eqm
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ def main() -> None:
     from pi0_eqm.training import loop
     from pi0_eqm.training.checkpoints import CheckpointRestoreError
 
-    cfg = _config.cli()
+    try:
+        cfg = _config.cli()
+    except ValueError as e:  # e.g. an unknown --model.decoder.kind
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         out = loop.train(cfg)
     except (FileExistsError, FileNotFoundError, loop.NonFiniteLossError, CheckpointRestoreError) as e:

@@ -3,7 +3,7 @@
 Drop this file into RoboTwin's ``policy/<name>/`` (branch ``stable_2.0``) next to a ``deploy_policy.yml`` with
 ``host``, ``port`` and ``replan_steps``, and serve an ALOHA-layout config::
 
-    uv run scripts/serve_policy.py --config <aloha config> --checkpoint <ckpt> --executed <replan_steps>
+    uv run scripts/serve_policy.py --checkpoint <run or step dir> --executed <replan_steps>
 
 Observation layout (RoboTwin's ``pi0`` adapter with ``adapt_to_pi=False``, openpi ALOHA keys): head camera →
 ``cam_high``, wrist cameras → ``cam_left_wrist`` / ``cam_right_wrist`` (uint8 CHW), 14-d joint state (two arms × 6

@@ -3,7 +3,8 @@
 :func:`initialize_checkpoint_dir` validates the directory for the requested mode (fresh start, resume,
 overwrite), removes the ``*.orbax-checkpoint-tmp*`` leftovers of interrupted saves with a warning, and returns the
 orbax ``CheckpointManager`` with the item handlers and retention policy of a training run. Directory mutations run
-on process 0 only, between barriers (:func:`on_primary`).
+on process 0 only, between barriers (:func:`on_primary`). :func:`latest_step_dir` resolves what a user passes as a
+checkpoint (a run directory, a step directory or an export) to the directory to load.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from pi0_eqm.atomic import discard
 from pi0_eqm.training.checkpoint_assets import NormStatsCheckpointHandler
 from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
 from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
+from pi0_eqm.training.checkpoint_layout import COMMIT_MARKER
 from pi0_eqm.training.checkpoint_layout import DATA_STATE_FILE
 from pi0_eqm.training.checkpoint_layout import DATA_STATE_ITEM
 from pi0_eqm.training.checkpoint_layout import PARAMS_ITEM
 from pi0_eqm.training.checkpoint_layout import TMP_DIR_MARKER
+from pi0_eqm.training.checkpoint_layout import TRAIN_CONFIG_FILE
+from pi0_eqm.training.checkpoint_layout import TRAIN_CONFIG_ITEM
 from pi0_eqm.training.checkpoint_layout import TRAIN_STATE_ITEM
 from pi0_eqm.training.checkpoint_layout import step_dirs
 
@@ -83,6 +87,23 @@ def _wipe(directory: Path) -> None:
     discard(directory)  # the name is free at once, even if deletion is slow or interrupted
 
 
+def latest_step_dir(checkpoint: str | os.PathLike) -> Path:
+    """``checkpoint`` itself if it holds ``params/`` (a step or exported directory), else the newest committed
+    ``<checkpoint>/<step>`` (commit marker and ``params/`` present; steps still being written are skipped)."""
+    checkpoint = Path(checkpoint).expanduser()
+    if (checkpoint / PARAMS_ITEM).exists():
+        return checkpoint
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass a run directory "
+                                "(checkpoints/<config>/<exp>), one of its step directories or an exported checkpoint")
+    committed = [s for s, p in step_dirs(checkpoint).items()
+                 if (p / COMMIT_MARKER).is_file() and (p / PARAMS_ITEM).exists()]
+    if not committed:
+        raise FileNotFoundError(f"no committed checkpoint step under {checkpoint} (and no params/ in it); train first "
+                                "(scripts/train.py) or pass a step or exported directory")
+    return checkpoint / str(max(committed))
+
+
 def _make_manager(
     directory: Path, *, keep_period: int | None, max_to_keep: int | None, async_save: bool, async_timeout_secs: int
 ) -> ocp.CheckpointManager:
@@ -102,6 +123,7 @@ def _make_manager(
             TRAIN_STATE_ITEM: ocp.PyTreeCheckpointHandler(),
             ASSETS_ITEM: NormStatsCheckpointHandler(),
             DATA_STATE_ITEM: ocp.JsonCheckpointHandler(filename=DATA_STATE_FILE),
+            TRAIN_CONFIG_ITEM: ocp.JsonCheckpointHandler(filename=TRAIN_CONFIG_FILE),
         },
         options=options,
     )

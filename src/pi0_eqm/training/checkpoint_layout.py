@@ -5,6 +5,7 @@
     <ckpt_dir>/<step>/train_state/     orbax PyTree: {"step", "opt_state", "rng"} (+ "params": raw params if EMA)
     <ckpt_dir>/<step>/assets/<asset_id>/norm_stats.json     openpi format (pi0_eqm.data.normalize)
     <ckpt_dir>/<step>/data_state/data_state.json            data-iterator state (JSON)
+    <ckpt_dir>/<step>/train_config/train_config.json        the train config of the run (pi0_eqm.training.config_record)
 
 ``<step>/params`` is readable by openpi's ``restore_params`` and by a bare ``ocp.PyTreeCheckpointer().restore``.
 Interrupted saves leave ``<step>.orbax-checkpoint-tmp*`` directories; unreadable steps set aside by
@@ -27,6 +28,8 @@ __all__ = [
     "PARAMS_ITEM",
     "STEP_METADATA_FILE",
     "TMP_DIR_MARKER",
+    "TRAIN_CONFIG_FILE",
+    "TRAIN_CONFIG_ITEM",
     "TRAIN_STATE_ITEM",
     "step_dirs",
 ]
@@ -35,6 +38,8 @@ TRAIN_STATE_ITEM = "train_state"
 ASSETS_ITEM = "assets"
 DATA_STATE_ITEM = "data_state"
 DATA_STATE_FILE = "data_state.json"
+TRAIN_CONFIG_ITEM = "train_config"
+TRAIN_CONFIG_FILE = "train_config.json"
 COMMIT_MARKER = "commit_success.txt"
 STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 TMP_DIR_MARKER = ".orbax-checkpoint-tmp"

@@ -2,7 +2,8 @@
 
 * :func:`initialize_checkpoint_dir` (from :mod:`pi0_eqm.training.checkpoint_dir`) opens a run directory for a fresh
   start, ``--resume`` or ``--overwrite`` and returns the manager.
-* :func:`save_state` saves a :class:`TrainState` (plus norm stats and the data-iterator state) as one step,
+* :func:`save_state` saves a :class:`TrainState` (plus norm stats, the data-iterator state and the train config
+  record) as one step,
   asynchronously by default. Failures of an asynchronous save are raised as :class:`CheckpointSaveError` by the next
   :func:`save_state`, :func:`wait_until_saved` or :func:`restore_state`. Old steps are deleted only after the new
   step is committed, so a failed save never costs the last good step.
@@ -39,6 +40,7 @@ from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
 from pi0_eqm.training.checkpoint_layout import DATA_STATE_ITEM
 from pi0_eqm.training.checkpoint_layout import PARAMS_ITEM
 from pi0_eqm.training.checkpoint_layout import TMP_DIR_MARKER
+from pi0_eqm.training.checkpoint_layout import TRAIN_CONFIG_ITEM
 from pi0_eqm.training.checkpoint_layout import TRAIN_STATE_ITEM
 from pi0_eqm.training.checkpoint_layout import step_dirs
 from pi0_eqm.training.params_io import _default_sharding
@@ -129,8 +131,12 @@ def save_state(
     data_state: Mapping | None = None,
     wait: bool = False,
     asset_dirs: Mapping[str, Path] | None = None,
+    train_config: Mapping | None = None,
 ) -> int:
     """Save ``state`` as step ``state.step`` (asynchronously unless ``wait``); returns the step.
+
+    ``train_config`` (``pi0_eqm.training.config_record.config_to_record``) is written as the step's
+    ``train_config`` item, committed together with the arrays.
 
     Raises :class:`CheckpointSaveError` if a previous asynchronous save failed (or this one, with ``wait``), and
     :class:`ValueError` if the step is not newer than the latest saved step. The device→host copy happens before
@@ -142,6 +148,7 @@ def save_state(
         raise ValueError(f"cannot save negative step {step}")
     norm_stats = validate_norm_stats(norm_stats) if norm_stats else None
     data_state = validate_data_state(data_state) if data_state is not None else None
+    train_config = validate_data_state(train_config) if train_config is not None else None
     wait_until_saved(manager)
     latest = manager.latest_step()
     if latest is not None and step <= latest:
@@ -158,6 +165,8 @@ def save_state(
         args[ASSETS_ITEM] = NormStatsSave(norm_stats, asset_dirs)
     if data_state is not None:
         args[DATA_STATE_ITEM] = ocp.args.JsonSave(data_state)
+    if train_config is not None:
+        args[TRAIN_CONFIG_ITEM] = ocp.args.JsonSave(train_config)
     try:
         saved = manager.save(step, args=ocp.args.Composite(**args), force=True)
     except Exception as e:

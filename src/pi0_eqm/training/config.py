@@ -14,12 +14,14 @@ import difflib
 from pathlib import Path
 import sys
 from typing import Any
+from typing import get_args
 
 import tyro
 
 from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.envs.tasks import dataset_name
 from pi0_eqm.models.configs import model_config
+from pi0_eqm.models.decoder_config import DecoderConfig
 from pi0_eqm.models.decoder_config import EqmConfig
 from pi0_eqm.models.decoder_config import FlowConfig
 from pi0_eqm.models.gemma import PALIGEMMA_VOCAB_SIZE
@@ -85,6 +87,8 @@ _PI0_BASE = _weights.CheckpointWeightLoader("checkpoints/pi0_base/params")
 # EqM feeds t ≡ 0 through the same time path, so a π₀ base checkpoint fills every param; nothing is missing.
 
 _DEBUG_MODEL = dict(real_action_dim=4)
+# Word tokens of the longest LIBERO instruction (libero_spatial / libero_10: 19 words + BOS + newline = 21), rounded up.
+_LIBERO_PROMPT_TOKENS = 24
 
 _METAWORLD_DATA = EpisodicDataConfig(
     robot="metaworld", format="rlds", path="metaworld/" + dataset_name(DEFAULT_TASKS, 10, 0, 64), asset_id="metaworld",
@@ -118,6 +122,27 @@ def _metaworld(name: str, decoder) -> TrainConfig:
         num_workers=2,
         policy_metadata={"env": "metaworld"},
     )
+
+def _libero_cpu(name: str, decoder) -> TrainConfig:
+    """LIBERO sized for a CPU: the embedded benchmark's 0.7M-parameter model on the agent and wrist views at 64 px,
+    H = 16, the LIBERO transform stack with absolute (un-shifted) delta-pose actions, 1500 steps of batch 32."""
+    return TrainConfig(
+        name=name,
+        model=model_config("pi0_metaworld", decoder, real_action_dim=7, max_token_len=_LIBERO_PROMPT_TOKENS),
+        data=dataclasses.replace(_LIBERO_DATA, path="lerobot/libero_object_scripted", extra_delta_transform=False),
+        lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=1500, decay_lr=1e-4),
+        optimizer=AdamW(weight_decay=1e-10),
+        ema_decay=0.99,
+        batch_size=32,
+        num_train_steps=1500,
+        log_interval=50,
+        save_interval=500,
+        keep_period=None,
+        max_to_keep=1,
+        num_workers=2,
+        policy_metadata={"env": "libero"},
+    )
+
 
 def _debug(name: str, model: Pi0Config, data, *, lr: float, batch_size: int = 8, ema_decay: float | None = None):
     """CPU debugging configs: tiny model, 10 steps, a checkpoint every 5."""
@@ -174,6 +199,9 @@ _CONFIGS: list[TrainConfig] = [
     _metaworld("pi0_eqm_metaworld", EqmConfig()),
     with_ki(_metaworld("pi0_metaworld", FlowConfig()), _KI_METAWORLD, name="pi0_ki_metaworld"),
     with_ki(_metaworld("pi0_eqm_metaworld", EqmConfig()), _KI_METAWORLD, name="pi0_eqm_ki_metaworld"),
+    # LIBERO on a CPU, both decoders trained identically (README, "LIBERO on a CPU")
+    _libero_cpu("pi0_libero_cpu", FlowConfig()),
+    _libero_cpu("pi0_eqm_libero_cpu", EqmConfig()),
     # --------------------------------------------------------------------------------------- CPU debugging
     _debug("debug", model_config("pi0_tiny", FlowConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3),
     _debug("debug_eqm", model_config("pi0_tiny", EqmConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3,
@@ -182,7 +210,8 @@ _CONFIGS: list[TrainConfig] = [
     _debug("debug_eqm_ki", model_config("pi0_tiny", EqmConfig(), ki=_KI_DEBUG, **_DEBUG_MODEL), ToyDataConfig(),
            lr=3e-3, ema_decay=0.9),
     # tiny π₀-EqM with the full LIBERO transform stack (LeRobot data under --data.path)
-    _debug("debug_libero", model_config("pi0_tiny", EqmConfig(), real_action_dim=7, tokenizer="words", max_token_len=12),
+    _debug("debug_libero", model_config("pi0_tiny", EqmConfig(), real_action_dim=7, tokenizer="words",
+                                        max_token_len=_LIBERO_PROMPT_TOKENS),
            dataclasses.replace(_LIBERO_DATA, path="lerobot/debug_libero"), lr=1e-3, batch_size=4),
     # tiny π₀-EqM with the ALOHA / RoboTwin layout (3 cameras, 14-d joints)
     _debug("debug_aloha", model_config("pi0_tiny", EqmConfig(), real_action_dim=14, tokenizer="words",
@@ -215,16 +244,48 @@ def get_config(name: str) -> TrainConfig:
     return all_configs[name]
 
 
+# Decoder kind → its default config ("flow" → FlowConfig(), "eqm" → EqmConfig()).
+_DECODER_DEFAULTS = {cls().kind: cls for cls in get_args(DecoderConfig)}
+
+
+def _decoder_kind(args: list[str]) -> tuple[str | None, list[str]]:
+    """The value of ``--model.decoder.kind`` (``X`` or ``=X`` form) and the remaining args."""
+    for i, a in enumerate(args):
+        if a.startswith("--model.decoder.kind="):
+            return a.split("=", 1)[1], args[:i] + args[i + 1:]
+        if a == "--model.decoder.kind" and i + 1 < len(args):
+            return args[i + 1], args[:i] + args[i + 2:]
+    return None, args
+
+
+def with_decoder_kind(config: TrainConfig, kind: str) -> TrainConfig:
+    """``config`` with the default decoder of ``kind`` (unchanged if it already has that kind)."""
+    if kind not in _DECODER_DEFAULTS:
+        raise ValueError(f"unknown decoder kind {kind!r}; expected one of {sorted(_DECODER_DEFAULTS)}")
+    if config.model.decoder.kind == kind:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, decoder=_DECODER_DEFAULTS[kind]()))
+
+
 def cli(args: list[str] | None = None) -> TrainConfig:
-    """``<config name> [--ki] [--field=value ...]`` → the config with overrides applied (tyro).
+    """``<config name> [--ki] [--model.decoder.kind flow|eqm] [--field=value ...]`` → the config with overrides
+    applied (tyro).
 
     ``--ki`` turns knowledge insulation on for any config (``with_ki``); its ``--model.ki.*`` fields then apply.
+    ``--model.decoder.kind`` swaps in that decoder's default config before the other overrides, so its own
+    ``--model.decoder.*`` fields apply (tyro itself offers only the config's current kind).
     """
-
-
     args = list(sys.argv[1:] if args is None else args)
     ki = "--ki" in args
     args = [a for a in args if a != "--ki"]
+    kind, args = _decoder_kind(args)
+
+    def variant(c: TrainConfig) -> TrainConfig:
+        c = with_ki(c) if ki else c
+        return with_decoder_kind(c, kind) if kind is not None else c
+
     return tyro.extras.overridable_config_cli(
-        {c.name: (c.name + (" with knowledge insulation" if ki else ""), with_ki(c) if ki else c) for c in _CONFIGS},
+        {c.name: (f"{c.name}{' with knowledge insulation' if ki else ''} ({variant(c).model.decoder.kind} decoder; "
+                  f"--model.decoder.kind {'|'.join(sorted(_DECODER_DEFAULTS))} selects it)", variant(c))
+         for c in _CONFIGS},
         args=args)

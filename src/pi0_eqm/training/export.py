@@ -1,4 +1,5 @@
-"""Export a checkpoint step to openpi's serving layout: ``<out>/params`` + ``<out>/assets/<asset_id>/norm_stats.json``.
+"""Export a checkpoint step to openpi's serving layout: ``<out>/params`` + ``<out>/assets/<asset_id>/norm_stats.json``,
+plus the step's train config record (``<out>/train_config/train_config.json``) when it has one.
 
 The export is built in a hidden sibling directory and renamed into place: ``<out>`` is never half-written.
 """
@@ -18,14 +19,17 @@ from pi0_eqm.atomic import sibling
 from pi0_eqm.data.normalize import save_norm_stats
 from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
 from pi0_eqm.training.checkpoint_assets import restore_norm_stats
+from pi0_eqm.training.checkpoint_dir import latest_step_dir
 from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
+from pi0_eqm.training.config_record import record_path
 from pi0_eqm.training.params_io import restore_params
 from pi0_eqm.training.params_io import save_params
 
 
 def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf16: bool = False,
                       overwrite: bool = False) -> Path:
-    step_dir, out = Path(step_dir), Path(out).absolute()
+    """``step_dir``: a step directory, or a run directory (its latest committed step is exported)."""
+    step_dir, out = latest_step_dir(step_dir), Path(out).absolute()
     if not (step_dir / "params").exists():
         raise FileNotFoundError(f"{step_dir} has no params/; expected a training step directory like "
                                 "checkpoints/<config>/<exp>/<step>")
@@ -46,6 +50,9 @@ def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf
         assets = step_dir / "assets"
         for fast_dir in sorted(assets.rglob(FAST_TOKENIZER_DIR)) if assets.is_dir() else ():
             shutil.copytree(fast_dir, tmp / "assets" / fast_dir.relative_to(assets))
+        if record_path(step_dir).is_file():
+            record_path(tmp).parent.mkdir(parents=True)
+            shutil.copyfile(record_path(step_dir), record_path(tmp))
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,6 +27,7 @@ from pi0_eqm.training import checkpoints as _ckpt
 from pi0_eqm.training import distributed as _dist
 from pi0_eqm.training import sharding as _sharding
 from pi0_eqm.training.config import TrainConfig
+from pi0_eqm.training.config_record import config_to_record
 from pi0_eqm.training.data_config import ToyDataConfig
 from pi0_eqm.training.toy_data import ToySource
 from pi0_eqm.training.train_step import init_train_state
@@ -160,10 +161,12 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
     asset_dirs = {f"{data_cfg.asset_id}/{FAST_TOKENIZER_DIR}": fast_dir} if data_cfg.asset_id and fast_dir.is_dir() \
         else None
     wandb_run = _maybe_wandb(config, resuming)
+    config_record = config_to_record(config)  # every step records the config it was trained with
 
     def save(s, wait=False):
         _ckpt.save_state(manager, s, ema=config.ema_decay is not None, norm_stats=norm_stats,
-                         data_state=data_iter.get_state(), wait=wait, asset_dirs=asset_dirs)
+                         data_state=data_iter.get_state(), wait=wait, asset_dirs=asset_dirs,
+                         train_config=config_record)
 
     history, t_last, n_since = [], time.perf_counter(), 0
     step = start

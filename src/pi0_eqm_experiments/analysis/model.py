@@ -20,7 +20,7 @@ QUICK_TASKS = ("drawer-open-v3", "window-open-v3")  # the tasks the notebook ins
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     """Whether ``run_dir`` holds a complete checkpoint step (or is one)."""
-    from pi0_eqm_experiments.benchmarks.metaworld import latest_step_dir
+    from pi0_eqm.training.checkpoint_dir import latest_step_dir
 
     try:
         latest_step_dir(run_dir)
@@ -90,7 +90,7 @@ def load_or_train_policy(checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, *, 
     ``info = {"source": "checkpoint" | "quick", "run_dir", "step_dir", "config"}``."""
     from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.training.config import get_config
-    from pi0_eqm_experiments.benchmarks.metaworld import latest_step_dir
+    from pi0_eqm.training.checkpoint_dir import latest_step_dir
     from pi0_eqm_experiments.benchmarks.metaworld import load_policy
 
     settings = settings or DecoderSettings()

@@ -70,22 +70,10 @@ def train_or_reuse(cfg: TrainConfig, retrain: bool, progress: bool) -> None:
     loop.train(cfg, progress=progress)
 
 
-def latest_step_dir(run_dir: str | os.PathLike) -> Path:
-    """The newest complete ``<run>/<step>`` directory (or ``run_dir`` itself if it is a step/exported dir)."""
-    run_dir = Path(run_dir)
-    if (run_dir / "params").exists():
-        return run_dir
-    steps = sorted((int(p.name) for p in run_dir.iterdir() if p.name.isdigit() and (p / "params").exists()),
-                   reverse=True) if run_dir.is_dir() else []
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint steps under {run_dir}; train first (scripts/train.py)")
-    return run_dir / str(steps[0])
-
-
 def load_policy(config: TrainConfig, checkpoint: str | os.PathLike, settings: DecoderSettings) -> Policy:
     from pi0_eqm.policies.policy_config import create_trained_policy
 
-    return create_trained_policy(config, latest_step_dir(checkpoint), settings=settings)
+    return create_trained_policy(config, checkpoint, settings=settings)
 
 
 def evaluate_policy(policy: Policy, *, episodes_per_task: int, replan_every: int, seed: int, max_steps: int,

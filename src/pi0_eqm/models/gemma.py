@@ -5,7 +5,8 @@ Parameter names and shapes follow openpi / big_vision exactly (``tests/models/te
 * expert 0 uses the bare names (``q_einsum``, ``mlp``, ``pre_attention_norm``...), expert ``i`` the suffix ``_i``;
 * every per-layer parameter is stacked on a leading depth axis (``nn.scan`` over ``layers``);
 * einsum weights keep head axes separate: q ``[N, D, H]``, kv ``[2, K, D, H]``, out ``[N, H, D]``;
-* GeGLU gate and up projections are fused as ``gating_einsum [2, D, F]``.
+* GeGLU gate and up projections are fused as ``gating_einsum [2, D, F]``;
+* ``*_lora`` variants add openpi's LoRA factors beside the attention and feed-forward weights (``models/lora.py``).
 
 Each call takes one token stream per expert (``None`` = no tokens for that expert in this call). Per layer every expert
 computes its own q/k/v, the streams are concatenated along the sequence axis in expert order, attention runs jointly
@@ -22,6 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pi0_eqm.models.lora import LORA_INIT
+from pi0_eqm.models.lora import LoRAConfig
+
 PALIGEMMA_VOCAB_SIZE = 257_152
 _NEG_INF = -2.3819763e38
 
@@ -36,6 +40,17 @@ class GemmaConfig:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    lora_attn: LoRAConfig | None = None  # LoRA on q / kv / attn_vec einsums
+    lora_ffn: LoRAConfig | None = None  # LoRA on the GeGLU gating and linear weights
+
+    @property
+    def has_lora(self) -> bool:
+        return self.lora_attn is not None or self.lora_ffn is not None
+
+
+def _with_lora(base: GemmaConfig, rank: int) -> GemmaConfig:
+    lora = LoRAConfig(rank=rank, alpha=float(rank))
+    return dataclasses.replace(base, lora_attn=lora, lora_ffn=lora)
 
 
 _VARIANTS: dict[str, GemmaConfig] = {
@@ -50,6 +65,11 @@ _VARIANTS: dict[str, GemmaConfig] = {
     "gemma_small": GemmaConfig(width=256, depth=4, mlp_dim=1024, num_heads=4, num_kv_heads=1, head_dim=64),
     "gemma_small_expert": GemmaConfig(width=128, depth=4, mlp_dim=512, num_heads=4, num_kv_heads=1, head_dim=64),
 }
+# openpi's LoRA variants: attention + FFN, rank 16 / alpha 16 on the 2B backbone, rank 32 / alpha 32 on the expert.
+# The CPU variants get the same treatment at ranks 4 (backbone) and 8 (expert).
+_LORA_RANKS = {"gemma_2b": 16, "gemma_300m": 32, "dummy": 4, "gemma_tiny": 4, "gemma_tiny_expert": 8,
+               "gemma_small": 4, "gemma_small_expert": 8}
+_VARIANTS.update({f"{name}_lora": _with_lora(_VARIANTS[name], rank) for name, rank in _LORA_RANKS.items()})
 
 
 def get_config(variant: str) -> GemmaConfig:
@@ -71,17 +91,27 @@ def _einsum_init(in_axis: int, out_axis: int, batch_axis: tuple[int, ...]) -> nn
 
 
 class Einsum(nn.Module):
-    """An einsum weight held as parameter ``w`` (openpi's ``Einsum``; the module name is the param path)."""
+    """An einsum weight held as parameter ``w`` (openpi's ``Einsum``; the module name is the param path), with
+    optional LoRA factors ``lora_a`` / ``lora_b`` beside it."""
 
     shape: tuple[int, ...]
     in_axis: int | tuple[int, ...]
     out_axis: int
     batch_axis: tuple[int, ...] = ()
+    lora: LoRAConfig | None = None
 
     @nn.compact
     def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
         w = self.param("w", _einsum_init(self.in_axis, self.out_axis, self.batch_axis), self.shape)
-        return jnp.einsum(eqn, x, w.astype(x.dtype))
+        y = jnp.einsum(eqn, x, w.astype(x.dtype))
+        if self.lora is None:
+            return y
+        shape_a, shape_b = self.lora.shapes(self.shape)
+        a = self.param("lora_a", LORA_INIT, shape_a)
+        b = self.param("lora_b", LORA_INIT, shape_b)
+        eqn_a, eqn_b = self.lora.equations(eqn)
+        low = jnp.einsum(eqn_b, jnp.einsum(eqn_a, x, a.astype(x.dtype)), b.astype(x.dtype))
+        return y + low * self.lora.scaling
 
 
 class RMSNorm(nn.Module):
@@ -136,10 +166,10 @@ class Attention(nn.Module):
         for i, (x, cfg) in enumerate(zip(xs, self.configs, strict=True)):
             if x is None:
                 continue
-            q_einsum = Einsum((cfg.num_heads, cfg.width, cfg.head_dim), 1, 2, (0,), name=_name("q_einsum", i))
-            kv_einsum = Einsum(
-                (2, cfg.num_kv_heads, cfg.width, cfg.head_dim), 2, 3, (0, 1), name=_name("kv_einsum", i)
-            )
+            q_einsum = Einsum((cfg.num_heads, cfg.width, cfg.head_dim), 1, 2, (0,), lora=cfg.lora_attn,
+                              name=_name("q_einsum", i))
+            kv_einsum = Einsum((2, cfg.num_kv_heads, cfg.width, cfg.head_dim), 2, 3, (0, 1), lora=cfg.lora_attn,
+                               name=_name("kv_einsum", i))
             qs.append(q_einsum("BTD,NDH->BTNH", x))
             k, v = kv_einsum("BSD,2KDH->2BSKH", x)
             ks.append(k)
@@ -174,24 +204,41 @@ class Attention(nn.Module):
                 out.append(None)
                 continue
             end = start + x.shape[1]
-            o_einsum = Einsum((cfg.num_heads, cfg.head_dim, cfg.width), (0, 1), 2, name=_name("attn_vec_einsum", i))
+            o_einsum = Einsum((cfg.num_heads, cfg.head_dim, cfg.width), (0, 1), 2, lora=cfg.lora_attn,
+                              name=_name("attn_vec_einsum", i))
             out.append(o_einsum("BTNH,NHD->BTD", encoded[:, start:end]))
             start = end
         return out, new_cache
 
 
 class FeedForward(nn.Module):
+    """GeGLU ``gelu(x·W0) ⊙ (x·W1) · W_linear``; with ``lora``, each product adds ``x·A·B`` (unscaled, as openpi)."""
+
     width: int
     mlp_dim: int
     dtype: str
+    lora: LoRAConfig | None = None
 
     @nn.compact
     def __call__(self, x):
         w_gating = self.param("gating_einsum", _einsum_init(1, 2, (0,)), (2, self.width, self.mlp_dim))
         w_linear = self.param("linear", _einsum_init(0, 1, ()), (self.mlp_dim, self.width))
-        gate = nn.gelu(jnp.dot(x, w_gating[0].astype(self.dtype)))
-        up = jnp.dot(x, w_gating[1].astype(self.dtype))
-        return jnp.dot(gate * up, w_linear.astype(self.dtype))
+        gating_lora = linear_lora = None
+        if self.lora is not None:
+            r = self.lora.rank
+            gating_lora = (self.param("gating_einsum_lora_a", LORA_INIT, (2, self.width, r)),
+                           self.param("gating_einsum_lora_b", LORA_INIT, (2, r, self.mlp_dim)))
+            linear_lora = (self.param("linear_lora_a", LORA_INIT, (self.mlp_dim, r)),
+                           self.param("linear_lora_b", LORA_INIT, (r, self.width)))
+        gate = nn.gelu(self._dot(x, w_gating[0], None if gating_lora is None else (gating_lora[0][0], gating_lora[1][0])))
+        up = self._dot(x, w_gating[1], None if gating_lora is None else (gating_lora[0][1], gating_lora[1][1]))
+        return self._dot(gate * up, w_linear, linear_lora)
+
+    def _dot(self, x, w, lora):
+        y = jnp.dot(x, w.astype(self.dtype))
+        if lora is None:
+            return y
+        return y + jnp.dot(jnp.dot(x, lora[0].astype(self.dtype)), lora[1].astype(self.dtype))
 
 
 class Block(nn.Module):
@@ -211,7 +258,7 @@ class Block(nn.Module):
                 out.append(None)
                 continue
             h = RMSNorm(name=_name("pre_ffw_norm", i))(x)
-            h = FeedForward(cfg.width, cfg.mlp_dim, self.dtype, name=_name("mlp", i))(h)
+            h = FeedForward(cfg.width, cfg.mlp_dim, self.dtype, lora=cfg.lora_ffn, name=_name("mlp", i))(h)
             out.append(x + h)
         return out, new_cache
 

@@ -31,6 +31,7 @@ from pi0_eqm.training import weights as _weights
 from pi0_eqm.training.data_config import DataConfigFactory
 from pi0_eqm.training.data_config import EpisodicDataConfig
 from pi0_eqm.training.data_config import ToyDataConfig
+from pi0_eqm.training.freeze import FreezeConfig
 from pi0_eqm.training.optimizer import AdamW
 from pi0_eqm.training.optimizer import ConstantSchedule
 from pi0_eqm.training.optimizer import CosineDecaySchedule
@@ -46,6 +47,7 @@ class TrainConfig:
     lr_schedule: CosineDecaySchedule | ConstantSchedule = dataclasses.field(default_factory=CosineDecaySchedule)
     optimizer: AdamW = dataclasses.field(default_factory=AdamW)
     ema_decay: float | None = 0.99
+    freeze: FreezeConfig = dataclasses.field(default_factory=FreezeConfig)
     seed: int = 42
     batch_size: int = 32  # global
     num_train_steps: int = 30_000
@@ -151,6 +153,18 @@ def _debug(name: str, model: Pi0Config, data, *, lr: float, batch_size: int = 8,
                        ema_decay=ema_decay)
 
 
+def _low_mem(name: str, decoder) -> TrainConfig:
+    """openpi's ``pi0_libero_low_mem_finetune``: ``gemma_2b_lora`` + ``gemma_300m_lora``, π₀ base init, no EMA."""
+    return TrainConfig(
+        name=name,
+        model=model_config("pi0", decoder, paligemma_variant="gemma_2b_lora", action_expert_variant="gemma_300m_lora",
+                           real_action_dim=7),
+        data=_LIBERO_DATA,
+        weight_loader=_PI0_BASE,
+        ema_decay=None,
+    )
+
+
 def with_ki(config: TrainConfig, ki: KIConfig | None = None, name: str | None = None) -> TrainConfig:
     """``config`` trained with knowledge insulation (``name`` defaults to ``<name>_ki``).
 
@@ -194,6 +208,10 @@ _CONFIGS: list[TrainConfig] = [
         data=_LIBERO_DATA,
         weight_loader=_PI0_BASE,
     ),
+    # LIBERO LoRA fine-tuning (openpi's pi0_libero_low_mem_finetune): LoRA on both Gemmas, their base weights frozen
+    # (and stored in bf16), SigLIP and the projections trained, no EMA.
+    _low_mem("pi0_libero_low_mem_finetune", FlowConfig()),
+    _low_mem("pi0_eqm_libero_low_mem_finetune", EqmConfig()),
     # ------------------------------------------------------------------------- embedded benchmark (Meta-World)
     _metaworld("pi0_metaworld", FlowConfig()),
     _metaworld("pi0_eqm_metaworld", EqmConfig()),
@@ -209,6 +227,13 @@ _CONFIGS: list[TrainConfig] = [
     _debug("debug_ki", model_config("pi0_tiny", FlowConfig(), ki=_KI_DEBUG, **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3),
     _debug("debug_eqm_ki", model_config("pi0_tiny", EqmConfig(), ki=_KI_DEBUG, **_DEBUG_MODEL), ToyDataConfig(),
            lr=3e-3, ema_decay=0.9),
+    # tiny LoRA configs (the low-mem recipe on the tiny model)
+    _debug("debug_lora", model_config("pi0_tiny", FlowConfig(), paligemma_variant="gemma_tiny_lora",
+                                      action_expert_variant="gemma_tiny_expert_lora", **_DEBUG_MODEL),
+           ToyDataConfig(), lr=3e-3),
+    _debug("debug_eqm_lora", model_config("pi0_tiny", EqmConfig(), paligemma_variant="gemma_tiny_lora",
+                                          action_expert_variant="gemma_tiny_expert_lora", **_DEBUG_MODEL),
+           ToyDataConfig(), lr=3e-3),
     # tiny π₀-EqM with the full LIBERO transform stack (LeRobot data under --data.path)
     _debug("debug_libero", model_config("pi0_tiny", EqmConfig(), real_action_dim=7, tokenizer="words",
                                         max_token_len=_LIBERO_PROMPT_TOKENS),

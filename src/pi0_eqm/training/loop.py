@@ -29,6 +29,7 @@ from pi0_eqm.training import sharding as _sharding
 from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.config_record import config_to_record
 from pi0_eqm.training.data_config import ToyDataConfig
+from pi0_eqm.training.freeze import ParamPartition
 from pi0_eqm.training.toy_data import ToySource
 from pi0_eqm.training.train_step import init_train_state
 from pi0_eqm.training.train_step import make_train_step
@@ -120,9 +121,11 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
     rng = jax.random.key(config.seed)
     train_rng, init_rng = jax.random.split(rng)
 
+    partition = ParamPartition.of(jax.eval_shape(config.model.init, init_rng), config.model, config.freeze)
+
     def init_state():
         params = config.model.init(init_rng)
-        return init_train_state(params, tx, train_rng, ema=config.ema_decay is not None)
+        return init_train_state(params, tx, train_rng, ema=config.ema_decay is not None, partition=partition)
 
     abstract = jax.eval_shape(init_state)
     state_sharding = _sharding.fsdp_sharding(abstract, mesh)
@@ -149,7 +152,9 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
         start = 0
 
     data_sharding = _sharding.data_sharding(mesh)
-    step_fn = jax.jit(make_train_step(decoder, tx, config.ema_decay, schedule),
+    n_train, n_frozen = partition.count(abstract.params)
+    logger.info("%.2fM trainable params, %.2fM frozen", n_train / 1e6, n_frozen / 1e6)
+    step_fn = jax.jit(make_train_step(decoder, tx, config.ema_decay, schedule, partition),
                       in_shardings=(state_sharding, data_sharding, data_sharding, data_sharding),
                       out_shardings=(state_sharding, _sharding.replicated(mesh)), donate_argnums=0)
 

@@ -1,7 +1,9 @@
 """The pure, jittable train step: decoder loss (+ FAST loss under knowledge insulation) → grads → optax update → EMA.
 
 All mutable training state lives in one ``TrainState`` pytree (checkpointed whole). The per-step RNG is
-``fold_in(state.rng, state.step)`` so a resumed run draws the same noise as an uninterrupted one.
+``fold_in(state.rng, state.step)`` so a resumed run draws the same noise as an uninterrupted one. With a
+``ParamPartition`` (``training/freeze.py``) gradients, optimizer state and EMA updates cover the trainable params
+only; frozen params pass through unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import optax
 from pi0_eqm.decoders.base import Decoder
 from pi0_eqm.decoders.ki import ki_losses
 from pi0_eqm.models.observation import Observation
+from pi0_eqm.training.freeze import ParamPartition
+
+_NOTHING_FROZEN = ParamPartition()
 
 
 @flax.struct.dataclass
@@ -27,11 +32,13 @@ class TrainState:
     rng: jax.Array  # raw uint32 key data, so it checkpoints as a plain array
 
 
-def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array, ema: bool) -> TrainState:
+def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array, ema: bool,
+                     partition: ParamPartition = _NOTHING_FROZEN) -> TrainState:
+    params = partition.cast_frozen(params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=tx.init(params),
+        opt_state=tx.init(partition.split(params)[0]),
         ema_params=jax.tree.map(jnp.copy, params) if ema else None,
         rng=jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng,
     )
@@ -54,7 +61,8 @@ def masked_mean_loss(per_token: jax.Array, action_is_pad: jax.Array | None) -> j
     return jnp.sum(per_token * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def make_train_step(decoder: Decoder, tx: optax.GradientTransformation, ema_decay: float | None, lr_schedule=None):
+def make_train_step(decoder: Decoder, tx: optax.GradientTransformation, ema_decay: float | None, lr_schedule=None,
+                    partition: ParamPartition = _NOTHING_FROZEN):
     """Returns ``step(state, obs, actions, action_is_pad) -> (state, metrics)`` (not jitted; callers jit/shard).
 
     With knowledge insulation (``decoder.config.ki``) the loss is ``action_loss + ki.loss_weight · fast_ce`` and the
@@ -64,8 +72,10 @@ def make_train_step(decoder: Decoder, tx: optax.GradientTransformation, ema_deca
 
     def step_fn(state: TrainState, obs: Observation, actions: jax.Array, action_is_pad: jax.Array | None = None):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        trainable, frozen = partition.split(state.params)
 
-        def loss_fn(params):
+        def loss_fn(trainable):
+            params = partition.merge(trainable, frozen)
             if ki is None:
                 return masked_mean_loss(decoder.loss(params, obs, actions, rng), action_is_pad), {}
             per_token, ce, correct, ce_mask = ki_losses(decoder, params, obs, actions, rng)
@@ -76,12 +86,15 @@ def make_train_step(decoder: Decoder, tx: optax.GradientTransformation, ema_deca
             aux = {"action_loss": action_loss, "fast_ce": fast_ce, "fast_acc": jnp.sum(correct * w) / n}
             return action_loss + ki.loss_weight * fast_ce, aux
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        params = partition.merge(trainable, frozen)
         ema_params = state.ema_params
         if ema_decay is not None and ema_params is not None:
-            ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
+            ema_trainable, ema_frozen = partition.split(ema_params)
+            ema_trainable = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_trainable, trainable)
+            ema_params = partition.merge(ema_trainable, ema_frozen)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": _param_norm(params), **aux}
         if lr_schedule is not None:
             metrics["lr"] = lr_schedule(state.step)

@@ -117,10 +117,13 @@ class NoOpWeightLoader:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointWeightLoader:
-    """Load an openpi π₀ params checkpoint (``<ckpt>/params``, released or training, with or without ``value``)."""
+    """Load an openpi π₀ params checkpoint (``<ckpt>/params``, released or training, with or without ``value``).
+
+    As openpi's loader, only LoRA params (absent from a base checkpoint) may be missing; they keep their init.
+    """
 
     params_path: str
-    missing_regex: str = "^$"
+    missing_regex: str = ".*lora.*"
 
     def load(self, params: dict) -> dict:
         path = _local_path(

@@ -176,7 +176,7 @@ def observation_walk() -> Walk:
 
     def one():
         obs, _ = server._decode(message)
-        reply, _ = server._infer(obs, "walk")
+        reply = server._infer(obs, "walk")
         packb(reply)
 
     one()

@@ -6,6 +6,7 @@ import pytest
 
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.errors import InvalidRequestError
+from pi0_eqm.policies.episodes import EpisodeDetection
 from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.policies.policy_config import policy_from_params
 from pi0_eqm.training.config import get_config
@@ -17,6 +18,7 @@ def test_policy_infers_libero_actions_and_warm_starts(trained_libero):
     assert (step_dir / "assets" / "physical-intelligence/libero" / "norm_stats.json").is_file()
     settings = DecoderSettings(threshold=1e-2, max_iters=40, executed=2, warm_start="aligned")
     policy = create_trained_policy(cfg, step_dir, settings=settings)
+    policy.episodes = EpisodeDetection(state_jump=None)  # the random states below would each look like a reset
     rng = np.random.default_rng(0)
     out = policy.infer(libero_obs(rng), session="a")
     assert out["actions"].shape == (cfg.model.action_horizon, 7)

@@ -22,6 +22,7 @@ from pi0_eqm.models.decoder_config import check_choice
 from pi0_eqm.models.decoder_config import check_solver_values
 
 SETTINGS_KEY = "decoder_settings"
+MAX_CHUNK_STEPS = 10_000  # bound on ``executed`` / ``max_reuse`` (a chunk is far shorter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +42,11 @@ class DecoderSettings:
         check_choice("warm_start", self.warm_start, WarmStartMode)
         if self.preset is not None:
             check_choice("solver preset", self.preset, SolverPreset)
-        if isinstance(self.executed, bool) or not isinstance(self.executed, int) or self.executed < 0:
-            raise ValueError(f"executed must be an int >= 0, got {self.executed!r}")
+        for name in ("executed", "max_reuse"):
+            v = getattr(self, name)
+            if (v is not None or name == "executed") and (isinstance(v, bool) or not isinstance(v, int)
+                                                          or not 0 <= v <= MAX_CHUNK_STEPS):
+                raise ValueError(f"{name} must be an int in [0, {MAX_CHUNK_STEPS}], got {v!r:.40}")
         if self.guard is not None and not isinstance(self.guard, bool):
             raise ValueError(f"guard must be true or false, got {self.guard!r}")
         check_solver_values(variant=self.variant, step_size=self.step_size, momentum=self.momentum,
@@ -58,7 +62,13 @@ class DecoderSettings:
         unknown = sorted(set(overrides) - fields)
         if unknown:
             raise InvalidRequestError(f"unknown decoder settings {unknown}; allowed: {sorted(fields)}")
-        values = {k: v.item() if isinstance(v, np.ndarray | np.generic) else v for k, v in overrides.items()}
+        values = {}
+        for k, v in overrides.items():
+            if isinstance(v, np.ndarray) and v.size != 1:
+                raise InvalidRequestError(f"{SETTINGS_KEY}/{k}: expected one value, got an array of shape {v.shape}")
+            if isinstance(v, dict | list):
+                raise InvalidRequestError(f"{SETTINGS_KEY}/{k}: expected one value, got a {type(v).__name__}")
+            values[k] = v.item() if isinstance(v, np.ndarray | np.generic) else v
         try:
             return dataclasses.replace(self, **values)
         except (TypeError, ValueError) as e:

@@ -1,20 +1,29 @@
 """``Policy``: observation dict → action chunk, wrapping params, transforms and decoder settings.
 
-For EqM with a warm start (``warm_start`` "aligned" or "paper_half"; the default "off" decodes from noise) the policy
-keeps, per client session, the previous chunk and warm-starts the next solve from it (aligned shift by the number of
-actions executed since, or the paper's half-chunk rule); ``reset(session)`` (episode reset) drops it.
-Decoder settings (solver preset, ε, max iterations, step size, momentum, solver variant, guard, warm-start mode,
-executed actions) are set at construction and can be overridden per request with a ``"decoder_settings"`` dict in the
-observation. Only the solver variant is compiled in: one compiled decode function per variant serves every ε, cap,
-η, μ and guard (they are traced arguments).
+``infer`` runs four public stages, which ``infer_batch`` runs for many sessions at once:
+
+1. ``prepare(obs, session)``: the request's decoder settings (with ``caps`` applied) and the input transforms
+   (robot inputs → Normalize → model inputs); a state that normalises to non-finite values is refused;
+2. ``initial_chunk(request)``: new-episode detection (``EpisodeDetection``), then the solver's start, drawn from the
+   session's own RNG, or, for EqM with a warm start ("aligned" or "paper_half"), built from the session's previous
+   robot-space chunk through the same action transforms the inputs use;
+3. ``decode(requests)``: one compiled decode per (variant, batch size); requests with equal settings are decoded
+   together (padded to a power of two), every setting but the variant is a traced argument;
+4. ``robot_actions(request, decoded)``: the output transforms; a non-finite chunk is refused (``InvalidRequestError``)
+   and clears the session's warm start instead of becoming it.
+
+Sessions are independent: each has its own RNG stream (``session=None`` starts from ``jax.random.key(seed)``, any
+other from that key folded with a CRC of the session id), warm-start chunk and episode tracking.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import threading
 import time
 from typing import Any
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -26,46 +35,192 @@ from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.settings import SETTINGS_KEY
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.warm_start import warm_start_init
+from pi0_eqm.errors import InvalidRequestError
 from pi0_eqm.models.observation import Observation
 from pi0_eqm.models.pi0 import Pi0Config
+from pi0_eqm.policies.episodes import EpisodeDetection
+
+_MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestCaps:
+    """What one request may spend: the resolved cap on expert forwards and the lowest ε (``None``: no bound)."""
+
+    max_iters: int | None = None
+    min_threshold: float | None = None
+
+    def check(self, ds: DecodeSettings) -> None:
+        if self.max_iters is not None and ds.max_iters is not None and ds.max_iters > self.max_iters:
+            raise InvalidRequestError(f"max_iters {ds.max_iters} is above this server's per-request cap of "
+                                      f"{self.max_iters} expert forwards")
+        if self.min_threshold is not None and ds.threshold is not None and ds.threshold < self.min_threshold:
+            raise InvalidRequestError(f"threshold {ds.threshold} is below this server's lower bound of "
+                                      f"{self.min_threshold}")
 
 
 @dataclasses.dataclass
 class _Session:
+    rng: jax.Array
     prev_actions: np.ndarray | None = None  # robot-space absolute actions of the previous chunk [H, d]
+    prompt: Any = None
+    state: np.ndarray | None = None  # normalized model state of the previous request
+    replied_at: float | None = None  # time.monotonic() when the previous chunk was returned
+
+
+@dataclasses.dataclass
+class Request:
+    """One observation on its way through the stages."""
+
+    session: Any
+    settings: DecoderSettings
+    decode: DecodeSettings
+    knobs: dict  # the traced arguments of the compiled decode (``Decoder.traced``)
+    inputs: dict  # model inputs of one observation (unbatched)
+    raw_state: np.ndarray
+    prompt: Any
+    init: np.ndarray | None = None  # [H, action_dim] solver start (``initial_chunk``)
+    warm: bool = False
+    new_episode: str | None = None  # what marked a new episode ("prompt", "gap", "state"), if anything
+
+
+@dataclasses.dataclass
+class Decoded:
+    actions: np.ndarray  # [H, action_dim] model space
+    iterations: int
+    residual: float
+    converged: bool
+    batch_size: int
+    decode_ms: float
 
 
 class Policy:
     def __init__(self, model_config: Pi0Config, params: Any, *, input_transforms=(), output_transforms=(),
                  action_transforms=(), settings: DecoderSettings | None = None, metadata: dict | None = None,
-                 seed: int = 0):
+                 seed: int = 0, caps: RequestCaps | None = None, episodes: EpisodeDetection | None = None):
         """``input_transforms``: robot inputs → Normalize → model inputs; ``output_transforms``: Unnormalize → robot
         outputs; ``action_transforms``: the action part of the inputs (delta, normalize, pad) used to bring a previous
-        robot-space chunk back into model space for warm starts."""
+        robot-space chunk back into model space for warm starts. ``caps`` bound every request's resolved settings
+        (the defaults included); ``episodes`` (default ``EpisodeDetection()``) detects new episodes."""
         self.config = model_config
         self.params = params
         self.settings = settings or DecoderSettings()
         self.metadata = dict(metadata or {})
+        self.episodes = episodes or EpisodeDetection()
         self._inputs = _t.compose(input_transforms)
         self._outputs = _t.compose(output_transforms)
         self._actions_in = _t.compose(action_transforms)
         self.decoder = make_decoder(model_config)
-        self._rng = jax.random.key(seed)
+        self._seed_key = jax.random.key(seed)
         self._sessions: dict[Any, _Session] = {}
         self._lock = threading.Lock()
         self._decode_cache: dict[str | None, Any] = {}
+        self.set_caps(caps or RequestCaps())
+
+    def set_caps(self, caps: RequestCaps) -> None:
+        """Bounds every later request; ``ValueError`` if the policy's own defaults break them."""
+        try:
+            caps.check(self.decoder.resolve(self.settings))
+        except InvalidRequestError as e:
+            raise ValueError(f"the policy's default decoder settings break its caps: {e}") from None
+        self.caps = caps
 
     # -------------------------------------------------------------------------------------------- state
     def reset(self, session: Any = None) -> None:
+        """Episode reset: drops the session's warm-start chunk and episode tracking (its RNG stream continues)."""
+        with self._lock:
+            sess = self._sessions.get(session)
+            if sess is not None:
+                self._sessions[session] = _Session(rng=sess.rng)
+
+    def close(self, session: Any) -> None:
+        """Forgets the session entirely (its connection closed)."""
         with self._lock:
             self._sessions.pop(session, None)
 
     def _session(self, session: Any) -> _Session:
         with self._lock:
-            return self._sessions.setdefault(session, _Session())
+            sess = self._sessions.get(session)
+            if sess is None:
+                key = self._seed_key if session is None else jax.random.fold_in(
+                    self._seed_key, zlib.crc32(str(session).encode()) & 0x7FFFFFFF)
+                sess = self._sessions[session] = _Session(rng=key)
+            return sess
+
+    def serving_metadata(self) -> dict:
+        """What the policy assumes about its clients, for the server's metadata frame."""
+        return {"executed_actions_per_chunk": self.settings.executed,
+                "warm_start": self.settings.warm_start if self.decoder.warm_starts else "off",
+                "new_episode_detection": self.episodes.describe(), "action_horizon": self.config.action_horizon}
+
+    # -------------------------------------------------------------------------------------------- stages
+    def prepare(self, obs: dict, session: Any = None) -> Request:
+        """Stage 1: decoder settings and model inputs of one observation."""
+        obs = dict(obs)
+        settings = self.settings.updated(obs.pop(SETTINGS_KEY, None))
+        ds = self.decoder.resolve(settings)
+        knobs = self.decoder.traced(ds)
+        self.caps.check(ds)
+        prompt = obs.get("prompt")
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing state is refused just below
+            raw_state = np.asarray(obs.get("observation/state", obs.get("state", np.zeros(0))), np.float32)
+            inputs = self._inputs(obs)
+        if not np.all(np.isfinite(inputs["state"])):
+            raise InvalidRequestError("the state normalises to non-finite values (it overflows float32); expected "
+                                      "a state in the robot's range")
+        return Request(session, settings, ds, knobs, inputs, raw_state, prompt)
+
+    def initial_chunk(self, req: Request) -> Request:
+        """Stage 2: new-episode detection, then the solver's start ``[H, action_dim]`` (noise or warm start)."""
+        cfg = self.config
+        sess = self._session(req.session)
+        req.new_episode = self.episodes.reason(prev_prompt=sess.prompt, prompt=req.prompt, prev_state=sess.state,
+                                               state=np.asarray(req.inputs["state"]), prev_time=sess.replied_at,
+                                               now=time.monotonic())
+        if req.new_episode is not None:
+            sess.prev_actions = None
+        with self._lock:
+            sess.rng, rng = jax.random.split(sess.rng)
+        noise = jax.random.normal(rng, (1, cfg.action_horizon, cfg.action_dim))
+        req.warm = self.decoder.warm_starts and req.settings.warm_start != "off" and sess.prev_actions is not None
+        init = noise
+        if req.warm:
+            prev = self._actions_in({"state": req.raw_state, "actions": sess.prev_actions})["actions"]
+            prev = jnp.asarray(_t.pad_to_dim(np.asarray(prev, np.float32), cfg.action_dim))[None]
+            # The previous chunk was re-expressed for the new state; the shift by the executed actions is on time.
+            init = warm_start_init(prev, req.settings.executed, noise, req.settings.warm_start,
+                                   req.settings.max_reuse)
+        req.init = np.asarray(init)[0]
+        return req
+
+    def decode(self, requests: Sequence[Request]) -> list[Decoded]:
+        """Stage 3: decode every request; requests with equal settings share one batched call."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.decode.variant, *((k, v.item()) for k, v in sorted(r.knobs.items()))), []).append(i)
+        out: list[Decoded | None] = [None] * len(requests)
+        for idx in groups.values():
+            for i, d in zip(idx, self._decode_group([requests[i] for i in idx]), strict=True):
+                out[i] = d
+        return out
+
+    def _decode_group(self, reqs: list[Request]) -> list[Decoded]:
+        n = len(reqs)
+        size = 1 << (n - 1).bit_length()  # a power of two bounds the compiled batch sizes
+        padded = reqs + [reqs[0]] * (size - n)
+        batch = {k: jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[r.inputs[k] for r in padded])
+                 for k in _MODEL_KEYS if k in reqs[0].inputs}
+        init = np.stack([r.init for r in padded])
+        t0 = time.perf_counter()
+        actions, iters, residual, converged = self._decode_fn(reqs[0].decode.variant)(
+            self.params, Observation.from_dict(batch), jax.random.key(0), init, reqs[0].knobs)
+        actions, iters, residual, converged = jax.device_get((actions, iters, residual, converged))
+        ms = (time.perf_counter() - t0) * 1e3
+        return [Decoded(np.asarray(actions[i]), int(iters[i]), float(residual[i]), bool(converged[i]), n, ms)
+                for i in range(n)]
 
     def _decode_fn(self, variant: str | None):
-        """One compiled decode per solver variant; every other setting is a traced argument (``knobs``)."""
+        """One compiled decode per solver variant (and batch size); every other setting is a traced argument."""
         fn = self._decode_cache.get(variant)
         if fn is None:
             dec = self.decoder
@@ -79,42 +234,55 @@ class Policy:
             self._decode_cache[variant] = fn
         return fn
 
+    def robot_actions(self, req: Request, decoded: Decoded) -> dict:
+        """Stage 4: robot-space actions and the reply; updates the session's warm-start and episode state."""
+        sess = self._session(req.session)
+        outputs = self._outputs({"state": req.inputs["state"], "actions": decoded.actions, "raw_state": req.raw_state})
+        actions = np.asarray(outputs["actions"])
+        if not np.all(np.isfinite(actions)):
+            sess.prev_actions = None
+            raise InvalidRequestError(f"the policy produced {int(np.sum(~np.isfinite(actions)))} non-finite action "
+                                      "value(s) for this observation; nothing is returned and this session's warm "
+                                      "start is cleared")
+        sess.prev_actions = actions.copy() if self.decoder.warm_starts else None
+        sess.prompt, sess.state, sess.replied_at = req.prompt, np.asarray(req.inputs["state"]), time.monotonic()
+        return {
+            "actions": actions,
+            "policy_timing": {"infer_ms": decoded.decode_ms, "batch_size": decoded.batch_size},
+            "solver": {"iterations": decoded.iterations, "final_residual": decoded.residual,
+                       "converged": decoded.converged, "warm_started": bool(req.warm),
+                       "new_episode": req.new_episode or "", "decoder": self.config.decoder.kind},
+        }
+
     # -------------------------------------------------------------------------------------------- infer
     def infer(self, obs: dict, session: Any = None) -> dict:
-        obs = dict(obs)
-        settings = self.settings.updated(obs.pop(SETTINGS_KEY, None))
-        state_raw = np.asarray(obs.get("observation/state", obs.get("state", np.zeros(0))), np.float32)
-        t0 = time.perf_counter()
-        inputs = self._inputs(obs)
-        batched = jax.tree.map(lambda x: np.asarray(x)[None], inputs)
-        model_obs = Observation.from_dict(batched)
-        cfg = self.config
-        with self._lock:
-            self._rng, rng = jax.random.split(self._rng)
-        noise = jax.random.normal(rng, (1, cfg.action_horizon, cfg.action_dim))
-        sess = self._session(session)
-        warm = self.decoder.warm_starts and settings.warm_start != "off" and sess.prev_actions is not None
-        init = noise
-        if warm:
-            prev_model = self._actions_in({"state": state_raw, "actions": sess.prev_actions})["actions"]
-            prev_model = jnp.asarray(_t.pad_to_dim(np.asarray(prev_model, np.float32), cfg.action_dim))[None]
-            # The previous chunk was re-expressed for the new state, so it is already aligned to "now + 0" in the
-            # delta sense; the shift by the executed actions happens on the time axis here.
-            init = warm_start_init(prev_model, settings.executed, noise, settings.warm_start, settings.max_reuse)
-        ds = self.decoder.resolve(settings)
-        actions, iters, residual, converged = self._decode_fn(ds.variant)(
-            self.params, model_obs, rng, init, self.decoder.traced(ds))
-        actions = np.asarray(jax.device_get(actions))[0]
-        infer_ms = (time.perf_counter() - t0) * 1e3
-        outputs = self._outputs({"state": inputs["state"], "actions": actions, "raw_state": state_raw})
-        out_actions = np.asarray(outputs["actions"])
-        sess.prev_actions = out_actions.copy() if self.decoder.warm_starts else None
-        result = {"actions": out_actions, "policy_timing": {"infer_ms": infer_ms}}
-        result["solver"] = {
-            "iterations": int(iters[0]),
-            "final_residual": float(residual[0]),
-            "converged": bool(converged[0]),
-            "warm_started": bool(warm),
-            "decoder": cfg.decoder.kind,
-        }
-        return result
+        req = self.initial_chunk(self.prepare(obs, session))
+        return self.robot_actions(req, self.decode([req])[0])
+
+    def infer_batch(self, items: Sequence[tuple[dict, Any]]) -> list[dict | Exception]:
+        """``infer`` for ``(obs, session)`` pairs of distinct sessions, decoded together. An error in one request's
+        own stages (a bad request, a non-finite chunk) is its result and does not affect the others."""
+        results: list[dict | Exception | None] = [None] * len(items)
+        ready: list[tuple[int, Request]] = []
+        for i, (obs, session) in enumerate(items):
+            try:
+                ready.append((i, self.initial_chunk(self.prepare(obs, session))))
+            except Exception as e:  # noqa: BLE001 - this request's own result; the server tells the two kinds apart
+                results[i] = e
+        if ready:
+            for (i, req), dec in zip(ready, self.decode([r for _, r in ready]), strict=True):
+                try:
+                    results[i] = self.robot_actions(req, dec)
+                except InvalidRequestError as e:
+                    results[i] = e
+        return results
+
+    def warm_up(self, obs: dict, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Compiles the default decode for each batch size on ``obs`` (sessions used here are forgotten)."""
+        for n in batch_sizes:
+            items = [(obs, f"__warm_up_{i}") for i in range(n)]
+            for r in self.infer_batch(items):
+                if isinstance(r, Exception):
+                    raise r
+            for _, s in items:
+                self.close(s)

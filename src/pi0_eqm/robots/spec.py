@@ -29,6 +29,7 @@ from pi0_eqm.serving.schema import ObservationSchema
 from pi0_eqm.serving.schema import StringSpec
 
 Key = tuple[str, ...]  # a path into the (possibly nested) observation dict
+STATE_MAX_ABS = 1e6  # the schema's bound on |state| (robot states are meters, radians, gripper widths)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,7 @@ class RobotSpec:
         if size is None:
             raise ValueError(f"robot {self.name!r} has no fixed image size; pass image_size")
         entries = [(c.key, ImageSpec(size, size, layouts=c.layouts, required=c.required)) for c in self.cameras]
-        entries.append((self.state_key, ArraySpec((self.state_dim,), kinds="f", finite=True)))
+        entries.append((self.state_key, ArraySpec((self.state_dim,), kinds="f", finite=True, max_abs=STATE_MAX_ABS)))
         entries.append((("prompt",), StringSpec(required=True, max_len=4096) if self.prompt_required
                         else StringSpec(required=False)))
         return ObservationSchema(_nest(entries), allow_extra=allow_extra, name=self.name)

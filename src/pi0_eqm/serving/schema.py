@@ -30,6 +30,8 @@ from pi0_eqm.serving.wire import WireError
 
 __all__ = ["ArraySpec", "ImageSpec", "StringSpec", "ObservationSchema", "validate"]
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
 
 def _kinds_text(kinds: str) -> str:
     return " or ".join(KIND_NAMES[k] for k in kinds)
@@ -48,7 +50,8 @@ def _shape_matches(shape: tuple, want: tuple) -> bool:
 class ArraySpec:
     """An ndarray with allowed dtype kinds (subset of ``"biufUS"``), a shape (``None`` = any size) and value checks.
 
-    ``finite=True`` rejects NaN/inf in float arrays; ``min_value``/``max_value`` bound numeric values (inclusive).
+    ``finite=True`` rejects NaN/inf in float arrays and values that overflow float32 (the model's dtype);
+    ``min_value``/``max_value`` bound numeric values and ``max_abs`` their magnitude (inclusive).
     """
 
     shape: tuple[int | None, ...]
@@ -56,6 +59,7 @@ class ArraySpec:
     finite: bool = False
     min_value: float | None = None
     max_value: float | None = None
+    max_abs: float | None = None
     required: bool = True
 
     def __post_init__(self):
@@ -80,6 +84,14 @@ class ArraySpec:
             if n_nan or n_inf:
                 problems.append(f"{path}: contains {n_nan} NaN and {n_inf} inf value(s); expected finite values")
                 return problems
+            big = int((np.abs(value) > _F32_MAX).sum()) if value.dtype.itemsize > 4 else 0
+            if big:
+                problems.append(f"{path}: {big} value(s) overflow float32 (|x| > {_F32_MAX:.3g}); expected finite "
+                                "float32 values")
+                return problems
+        if value.size and self.max_abs is not None and float(np.nanmax(np.abs(value))) > self.max_abs:
+            problems.append(f"{path}: magnitude {float(np.nanmax(np.abs(value))):g} is above the allowed "
+                            f"{self.max_abs:g}")
         if value.size and self.min_value is not None and np.nanmin(value) < self.min_value:
             problems.append(f"{path}: minimum {float(np.nanmin(value)):g} is below the allowed {self.min_value}")
         if value.size and self.max_value is not None and np.nanmax(value) > self.max_value:
@@ -142,13 +154,13 @@ class StringSpec:
     allow_empty: bool = True
 
     def expected(self) -> str:
-        return f"a str of at most {self.max_len} characters"
+        return f"str of at most {self.max_len} characters"
 
     def check(self, path: str, value: Any) -> list[str]:
         if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind == "U":
             value = value.item()
         if not isinstance(value, str):
-            return [f"{path}: expected {self.expected()}, got {type(value).__name__}"]
+            return [f"{path}: expected a {self.expected()}, got {type(value).__name__}"]
         if len(value) > self.max_len:
             return [f"{path}: string of {len(value)} characters is too long; expected at most {self.max_len}"]
         if not value and not self.allow_empty:

@@ -71,6 +71,7 @@ class WireLimits:
     max_rank: int = 8  # ndarray ndim
     max_container_len: int = 100_000  # items in one msgpack map or array
     max_str_bytes: int = 1 << 20  # one msgpack str (e.g. a prompt)
+    max_items: int = 200_000  # msgpack values in the whole message (a LIBERO request has about 20)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -143,8 +144,13 @@ class _Decoder:
     def __init__(self, limits: WireLimits):
         self.limits = limits
         self.total_bytes = 0
+        self.items = 0
 
     def walk(self, obj: Any, path: str, depth: int) -> Any:
+        self.items += 1
+        if self.items > self.limits.max_items:
+            raise WireError(f"{_fmt_path(path)}: the message holds more than {self.limits.max_items} values; "
+                            "expected an observation dict of arrays and a few scalars")
         if isinstance(obj, dict):
             self._check_depth(path, depth)
             marker = self._marker(obj)
@@ -200,9 +206,10 @@ class _Decoder:
         if any(d < 0 for d in shape):
             raise WireError(f"{where}: shape {shape} has a negative dimension; expected non-negative dimensions")
         n = math.prod(shape)
-        if n > lim.max_array_elements:
+        if n > lim.max_array_elements or any(d > lim.max_array_elements for d in shape):
             raise WireError(
-                f"{where}: shape {shape} has {n} elements; expected at most {lim.max_array_elements} per array"
+                f"{where}: shape {shape} has {n} elements; expected at most {lim.max_array_elements} per array "
+                "and per dimension"
             )
         data = f["data"]
         if not isinstance(data, bytes):

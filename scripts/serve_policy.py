@@ -7,8 +7,12 @@
 ``--checkpoint`` is a run directory (its latest committed step), a step directory or an export; the train config is
 the one the checkpoint records (``--config`` is then optional, and refused if it does not match; checkpoints saved
 before configs were recorded need it). Each reply carries ``actions``, ``policy_timing``, ``server_timing`` and
-``solver`` (iterations, final residual, converged, warm_started). Per request, a ``decoder_settings`` dict overrides the decoder settings; sending
-``{"__control__": "reset"}`` (or ``"__reset__": True`` in an observation) resets the session's warm-start state.
+``solver`` (iterations, final residual, converged, warm_started, new_episode). Per request, a ``decoder_settings``
+dict overrides the decoder settings within ``--max-request-iters`` / ``--min-request-threshold``; sending
+``{"__control__": "reset"}`` (or ``"__reset__": True`` in an observation) resets the session's warm-start state, and
+a new episode is also detected without it (prompt change, time gap, state jump: ``--episodes.*``). The metadata frame
+declares ``executed_actions_per_chunk``, ``warm_start`` and ``new_episode_detection``. The port is bound before the
+checkpoint loads; ``/healthz`` answers 503 until the warm-up compile is done.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import dataclasses
 import logging
 from typing import Annotated
 
+import numpy as np
 import tyro
 
 from pi0_eqm.decoders.settings import DecoderSettings
+from pi0_eqm.policies.episodes import EpisodeDetection
 
 
 @dataclasses.dataclass
@@ -27,29 +33,56 @@ class Args:
     checkpoint: str  # run dir (latest committed step), step dir or exported dir
     config: str | None = None  # default: the config recorded in the checkpoint
     port: int = 8000
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback; 0.0.0.0 serves every interface (then set --api-key)
     # Decoder settings (--preset, --threshold, --max-iters, --step-size, --momentum, --variant, --guard, --warm-start,
     # --executed: actions the client executes per chunk, openpi LIBERO: replan_steps = 5).
     decoder: Annotated[DecoderSettings, tyro.conf.OmitArgPrefixes] = DecoderSettings()
     default_prompt: str | None = None
     image_size: int | None = None  # expected camera size (default: 224 for LIBERO/ALOHA, the model's for Meta-World)
     max_workers: int = 1
+    max_connections: int = 64
+    max_connections_per_peer: int = 16  # per client IP address
+    idle_timeout: float = 300.0  # seconds without a request before a connection is closed
+    max_batch: int = 1  # > 1: requests from different connections are decoded together (fleets, parallel eval)
+    max_wait_ms: float = 5.0  # how long a batch waits for more requests
+    max_request_iters: int = 100  # per-request cap on expert forwards (the resolved max_iters)
+    min_request_threshold: float = 1e-4  # per-request lower bound on ε (ε <= 0 would never stop early)
+    api_key: str | None = None  # require "Authorization: Api-Key <key>" (openpi's client sends it given api_key)
+    episodes: EpisodeDetection = EpisodeDetection()  # new-episode signals (--episodes.gap-s, --episodes.state-jump)
+    warm_up: bool = True  # compile before /healthz says ready
 
 
 def build_server(args: Args):
     from pi0_eqm.policies.policy_config import create_trained_policy
     from pi0_eqm.policies.policy_config import resolve_checkpoint
+    from pi0_eqm.policies.policy import RequestCaps
     from pi0_eqm.serving.server import PolicyServer
+    from pi0_eqm.serving.server import bind_socket
 
     cfg, step_dir = resolve_checkpoint(args.checkpoint, args.config)
-    policy = create_trained_policy(cfg, step_dir, settings=args.decoder, default_prompt=args.default_prompt)
     spec = cfg.data.spec()
-    size = args.image_size or (spec.image_size if spec is not None else None) or cfg.model.image_resolution[0]
-    schema = spec.schema(size) if spec is not None else None
+    if spec is None:
+        raise ValueError(f"config {cfg.name!r} has no robot (its data is {type(cfg.data).__name__}), so requests "
+                         "could not be checked; serve a config whose data names a robot")
+    size = args.image_size or spec.image_size or cfg.model.image_resolution[0]
+    sock = bind_socket(args.host, args.port)  # a port in use fails here, before the checkpoint is loaded
+    try:
+        policy = create_trained_policy(cfg, step_dir, settings=args.decoder, default_prompt=args.default_prompt)
+        policy.set_caps(RequestCaps(args.max_request_iters, args.min_request_threshold))
+        policy.episodes = args.episodes
+    except BaseException:
+        sock.close()
+        raise
     metadata = dict(cfg.policy_metadata or {})
-    metadata.update({"config": cfg.name, "decoder": cfg.model.decoder.kind, "action_horizon": cfg.model.action_horizon})
-    return PolicyServer(policy, host=args.host, port=args.port, metadata=metadata, schema=schema,
-                        max_workers=args.max_workers)
+    metadata.update({"config": cfg.name, "decoder": cfg.model.decoder.kind, **policy.serving_metadata(),
+                     "max_batch": args.max_batch})
+    example = spec.example(np.random.default_rng(0), size, prompt=args.default_prompt or "warm up")
+    buckets = [1 << i for i in range((args.max_batch - 1).bit_length() + 1)]  # the padded batch sizes
+    warmup = (lambda: policy.warm_up(example, buckets)) if args.warm_up else None
+    return PolicyServer(policy, sock=sock, metadata=metadata, schema=spec.schema(size), max_workers=args.max_workers,
+                        max_connections=args.max_connections, max_connections_per_peer=args.max_connections_per_peer,
+                        idle_timeout=args.idle_timeout, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                        api_key=args.api_key, warmup=warmup)
 
 
 def main(args: Args) -> None:
@@ -57,7 +90,8 @@ def main(args: Args) -> None:
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     server = build_server(args)
-    logging.getLogger("pi0_eqm").info("serving %s on %s:%d", server.metadata.get("config"), args.host, args.port)
+    logging.getLogger("pi0_eqm").info("serving %s on %s:%d (not ready until the warm-up is done)",
+                                      server.metadata.get("config"), args.host, args.port)
     server.serve_forever()
 
 

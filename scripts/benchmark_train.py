@@ -1,7 +1,9 @@
-"""Training benchmark: step time and samples/s of tiny configs on this machine, and the memory a full-size config
-needs (params, AdamW state, EMA) from ``jax.eval_shape`` — nothing full-size is materialised.
+"""Training benchmark: step time and samples/s of tiny configs on this machine, and the memory full-size configs
+need — train-state bytes (params, trainable, AdamW, EMA) from ``jax.eval_shape`` and the compiled train step's
+``memory_analysis()`` on abstract inputs; nothing full-size is materialised.
 
-    uv run scripts/benchmark_train.py [--configs debug_eqm pi0_eqm_metaworld pi0_eqm_ki_metaworld] [--steps 20]
+    uv run scripts/benchmark_train.py [--configs debug_eqm pi0_eqm_metaworld] [--full-size pi0_eqm_libero ...]
+                                      [--memory-batch-sizes 32 8] [--no-compile]
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import tyro
 @dataclasses.dataclass
 class Args:
     configs: tuple[str, ...] = ("debug_eqm", "pi0_eqm_metaworld")
-    full_size: tuple[str, ...] = ("pi0_libero", "pi0_eqm_libero")
+    full_size: tuple[str, ...] = ("pi0_libero", "pi0_eqm_libero", "pi0_libero_low_mem_finetune",
+                                  "pi0_eqm_libero_low_mem_finetune")
     batch_size: int = 32
     steps: int = 20
+    memory_batch_sizes: tuple[int, ...] = (32,)  # openpi's global batch; on one device that is the per-device batch
+    compile: bool = True  # lower + compile each full-size train step on abstract inputs for its memory analysis
 
 
 def _timed_steps(name: str, batch_size: int, steps: int) -> dict:
@@ -57,36 +62,32 @@ def _timed_steps(name: str, batch_size: int, steps: int) -> dict:
             "step_ms": med * 1e3, "samples_per_s": batch_size / med}
 
 
-def _memory(name: str) -> dict:
-    from pi0_eqm.training.config import get_config
-    from pi0_eqm.training.train_step import init_train_state
-
-    cfg = get_config(name)
-    tx = cfg.optimizer.create(cfg.lr_schedule.create())
-    abstract = jax.eval_shape(lambda: init_train_state(cfg.model.init(jax.random.key(0)), tx, jax.random.key(1),
-                                                       ema=cfg.ema_decay is not None))
-
-    def gib(tree):
-        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / 2**30
-
-    n = sum(x.size for x in jax.tree.leaves(abstract.params))
-    return {"config": name, "params_B": n / 1e9, "params_GiB": gib(abstract.params),
-            "opt_state_GiB": gib(abstract.opt_state), "ema_GiB": gib(abstract.ema_params) if abstract.ema_params else 0.0,
-            "total_state_GiB": gib(abstract)}
-
-
 def main(args: Args) -> None:
+    from pi0_eqm.training.config import get_config
+    from pi0_eqm_experiments.benchmarks.train_memory import GIB
+    from pi0_eqm_experiments.benchmarks.train_memory import train_memory
+
     print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
-    print(f"\n{'config':<22} {'params':>8} {'batch':>5} {'compile s':>9} {'step ms':>8} {'samples/s':>9}")
+    if args.configs:
+        print(f"\n{'config':<22} {'params':>8} {'batch':>5} {'compile s':>9} {'step ms':>8} {'samples/s':>9}")
     for name in args.configs:
         r = _timed_steps(name, args.batch_size, args.steps)
         print(f"{r['config']:<22} {r['params_M']:>7.2f}M {r['batch']:>5} {r['compile_s']:>9.1f} {r['step_ms']:>8.1f} "
               f"{r['samples_per_s']:>9.1f}")
-    print(f"\n{'full-size config':<22} {'params':>8} {'params':>9} {'AdamW':>9} {'EMA':>8} {'train state':>12}")
+    print(f"\nfull-size train state (jax.eval_shape) and the compiled train step's buffers "
+          f"(memory_analysis on {jax.devices()[0].platform}), GiB")
+    print(f"{'config':<33} {'batch':>5} {'params':>7} {'trainable':>9} {'params':>6} {'AdamW':>6} {'EMA':>5} "
+          f"{'state':>6} {'args':>6} {'temp':>6} {'peak':>6} {'compile s':>9}")
     for name in args.full_size:
-        r = _memory(name)
-        print(f"{r['config']:<22} {r['params_B']:>7.3f}B {r['params_GiB']:>7.1f}GiB {r['opt_state_GiB']:>7.1f}GiB "
-              f"{r['ema_GiB']:>6.1f}GiB {r['total_state_GiB']:>10.1f}GiB   (fp32; + activations)")
+        for batch in args.memory_batch_sizes:
+            m = train_memory(get_config(name), batch, compile=args.compile)
+            g = lambda b: "-" if b is None else f"{b / GIB:.1f}"
+            print(f"{name:<33} {batch:>5} {m.params / 1e9:>6.2f}B {m.trainable / 1e9:>8.3f}B {g(m.params_bytes):>6} "
+                  f"{g(m.opt_state_bytes):>6} {g(m.ema_bytes):>5} {g(m.state_bytes):>6} {g(m.argument_bytes):>6} "
+                  f"{g(m.temp_bytes):>6} {g(m.peak_bytes):>6} {'-' if m.compile_s is None else f'{m.compile_s:.0f}':>9}",
+                  flush=True)
+    print("peak = arguments + outputs - donated (aliased) + temporaries; openpi documents > 22.5 GB (LoRA) and "
+          "> 70 GB (full) per GPU")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def main() -> None:
     from pi0_eqm.training import config as _config
     from pi0_eqm.training import loop
     from pi0_eqm.training.checkpoints import CheckpointRestoreError
+    from pi0_eqm.training.freeze import FreezeError
 
     try:
         cfg = _config.cli()
@@ -39,7 +40,7 @@ def main() -> None:
         sys.exit(2)
     try:
         out = loop.train(cfg)
-    except (FileExistsError, FileNotFoundError, loop.NonFiniteLossError, CheckpointRestoreError) as e:
+    except (FileExistsError, FileNotFoundError, loop.NonFiniteLossError, CheckpointRestoreError, FreezeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     h = out["history"]

@@ -1,5 +1,8 @@
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -113,6 +116,33 @@ def test_initialize_after_backend_use_fails_clearly():
     with pytest.raises(RuntimeError, match="before any JAX computation"):
         dist.initialize_from_env({**OURS, "PI0_COORDINATOR_ADDRESS": "127.0.0.1:1"})
     assert not jax.distributed.is_initialized()
+
+
+_RECORD_INIT = """
+import json, os
+import jax
+from pi0_eqm.training import distributed as dist
+calls = []
+jax.distributed.initialize = lambda **kw: calls.append(kw)
+print(json.dumps({"cluster": dist.detect_cluster(), "result": dist.initialize_from_env(), "calls": calls}))
+"""
+
+
+@pytest.mark.parametrize(("extra", "cluster"), [
+    ({}, None),
+    ({"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911"}, "ompi"),  # mpirun
+    ({"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1:34911", "PI0_DISTRIBUTED": "0"}, "ompi"),
+])
+def test_without_our_variables_jax_cluster_detection_is_used(extra, cluster):
+    """No PI0_* / SLURM variables: a cluster JAX recognises gets jax.distributed.initialize() with no arguments."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PI0_", "SLURM_", "OMPI_"))}
+    out = subprocess.run([sys.executable, "-c", _RECORD_INIT], env={**env, **extra, "JAX_PLATFORMS": "cpu"},
+                         capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["cluster"] == cluster
+    expect_init = cluster is not None and extra.get("PI0_DISTRIBUTED") != "0"
+    assert got["calls"] == ([{"initialization_timeout": 300}] if expect_init else [])
+    assert got["result"] == [0, 1]
 
 
 # ---- two processes on loopback ------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """LoRA / frozen-parameter training on the tiny model through the real loop and real orbax checkpoints."""
 
 import dataclasses
+from pathlib import Path
+import subprocess
+import sys
 
 import flax.traverse_util
 import jax
@@ -103,3 +106,13 @@ def test_frozen_params_are_stored_in_the_compute_dtype():
     assert {str(v.dtype) for p, v in flat.items() if p in part.frozen} == {"bfloat16"}
     assert {str(v.dtype) for p, v in flat.items() if p not in part.frozen} == {"float32"}
     assert cfg.ema_decay is None and state.ema_params is None
+
+
+def test_cli_freezing_everything_is_a_clear_error(tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), "debug_eqm", "--exp-name=x",
+                          f"--checkpoint-base-dir={tmp_path}", "--freeze.regex", ".*"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "nothing would train" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "debug_eqm").exists()  # refused before the run directory was created

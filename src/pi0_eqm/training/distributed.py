@@ -16,7 +16,10 @@ Call :func:`initialize_from_env` first thing in a training script, before any ot
    overrides the derived address. With several tasks per node each task is pinned to the accelerator
    ``SLURM_LOCALID`` (one task per GPU); with one task per node it keeps all local devices. (JAX's own SLURM
    auto-detection would pin a one-task-per-node job to a single GPU, which is why we compute the values ourselves.)
-3. Otherwise: a single process, nothing to initialize.
+3. Otherwise, a cluster that JAX's own auto-detection recognises (Open MPI's ``mpirun``, a Cloud TPU pod slice
+   started with ``--worker=all``, GKE TPU / Kubernetes with ``jax[k8s]``): ``jax.distributed.initialize()`` with
+   no arguments, as JAX documents for those launchers.
+4. Otherwise: a single process, nothing to initialize.
 
 ``PI0_DISTRIBUTED=0`` forces a single process whatever the environment says (e.g. a plain ``python train.py`` inside
 an ``sbatch --ntasks=4`` script, where SLURM's variables describe tasks that were never launched).
@@ -35,6 +38,7 @@ import re
 
 import jax
 from jax._src import xla_bridge
+from jax._src.clusters import ClusterEnv
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +92,26 @@ def _check_address(address: str, name: str) -> str:
     return address
 
 
+def _disabled(env: Mapping[str, str]) -> bool:
+    return env.get(ENV_DISABLE, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def detect_cluster() -> str | None:
+    """Name of the cluster JAX's auto-detection finds in ``os.environ`` (``ompi``, ``gcetpu``, ``gketpu``, ``k8s``,
+    ...), or ``None``. SLURM is left to :func:`resolve_env`, which pins devices per task itself."""
+    for cluster in ClusterEnv._cluster_types:
+        if cluster.opt_in_only_method or cluster.name in ("", "slurm"):
+            continue
+        if cluster.is_env_present():
+            return cluster.name
+    return None
+
+
 def resolve_env(env: Mapping[str, str] | None = None) -> dict | None:
     """The ``jax.distributed.initialize`` arguments described by ``env`` (default ``os.environ``), or ``None`` for a
     single-process run. Raises :class:`DistributedConfigError` for half-specified settings. Pure; no JAX calls."""
     env = os.environ if env is None else env
-    if env.get(ENV_DISABLE, "").strip().lower() in ("0", "false", "no", "off"):
+    if _disabled(env):
         return None
     ours = [k for k in (ENV_NUM_PROCESSES, ENV_PROCESS_ID) if env.get(k, "") != ""]
     local_ids = (
@@ -166,6 +185,14 @@ def resolve_env(env: Mapping[str, str] | None = None) -> dict | None:
     }
 
 
+def _check_backends_untouched() -> None:
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError(
+            "initialize_from_env() must be called before any JAX computation or device query "
+            "(jax.devices(), jnp arrays, ...) in this process"
+        )
+
+
 def initialize_from_env(env: Mapping[str, str] | None = None, *, initialization_timeout: int = 300) -> tuple[int, int]:
     """Initializes ``jax.distributed`` as the environment describes; returns ``(process_index, process_count)``.
 
@@ -177,14 +204,14 @@ def initialize_from_env(env: Mapping[str, str] | None = None, *, initialization_
         return jax.process_index(), jax.process_count()
     args = resolve_env(env)
     if args is None:
-        return 0, 1
-
-
-    if xla_bridge.backends_are_initialized():
-        raise RuntimeError(
-            "initialize_from_env() must be called before any JAX computation or device query "
-            "(jax.devices(), jnp arrays, ...) in this process"
-        )
+        cluster = None if env is not None or _disabled(os.environ) else detect_cluster()
+        if cluster is None:
+            return 0, 1
+        _check_backends_untouched()
+        logger.info("jax.distributed.initialize with JAX's auto-detection (%s cluster)", cluster)
+        jax.distributed.initialize(initialization_timeout=initialization_timeout)
+        return jax.process_index(), jax.process_count()
+    _check_backends_untouched()
     source = args.pop("source")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     logger.info(
@@ -221,6 +248,7 @@ def is_main_process() -> bool:
 
 __all__ = [
     "DistributedConfigError",
+    "detect_cluster",
     "first_slurm_host",
     "initialize_from_env",
     "is_main_process",

@@ -28,6 +28,10 @@ _LORA = re.compile(r".*lora.*")
 _VISION = re.compile(r"PaliGemma/img/.*")
 
 
+class FreezeError(ValueError):
+    """The freeze settings leave nothing to train."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FreezeConfig:
     lora: bool = True  # openpi's filter: with a *_lora Gemma variant, freeze that Gemma's base weights
@@ -73,7 +77,8 @@ class ParamPartition:
         """``params`` may be abstract (``jax.eval_shape``); only its paths are read."""
         paths = frozenset(p for p in _flat(params) if freeze.is_frozen(p, model))
         if paths and len(paths) == len(_flat(params)):
-            raise ValueError("the freeze settings freeze every parameter; nothing would train")
+            raise FreezeError(f"the freeze settings {freeze} freeze all {len(paths)} parameters of this model; "
+                              "nothing would train (loosen --freeze.regex / --freeze.backbone)")
         return cls(paths, model.dtype)
 
     def split(self, params: Any) -> tuple[Any, Any]:

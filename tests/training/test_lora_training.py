@@ -10,13 +10,18 @@ import jax
 import numpy as np
 import pytest
 
+from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.training import loop
 from pi0_eqm.training import weights
 from pi0_eqm.training.config import get_config
 from pi0_eqm.training.freeze import FreezeConfig
 from pi0_eqm.training.freeze import ParamPartition
+from pi0_eqm.training.norm_stats import compute_for_config
+from pi0_eqm.training.params_io import restore_params
 from pi0_eqm.training.params_io import save_params
 from pi0_eqm.training.train_step import init_train_state
+from tests.policies.conftest import libero_obs
+from tests.policies.conftest import make_libero_dataset
 
 
 def _cfg(tmp_path, name, **kw):
@@ -116,3 +121,22 @@ def test_cli_freezing_everything_is_a_clear_error(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "nothing would train" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "debug_eqm").exists()  # refused before the run directory was created
+
+
+def test_lora_libero_checkpoint_serves_through_the_policy(tmp_path):
+    """LoRA on the LIBERO pipeline: dataset → norm stats → train → the run directory → Policy.infer."""
+
+    base = get_config("debug_libero")
+    ds = make_libero_dataset(tmp_path / "data")
+    model = dataclasses.replace(base.model, paligemma_variant="gemma_tiny_lora",
+                                action_expert_variant="gemma_tiny_expert_lora")
+    cfg = dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, path=str(ds)), num_train_steps=2,
+                              save_interval=2, checkpoint_base_dir=str(tmp_path / "ckpt"),
+                              assets_base_dir=str(tmp_path / "assets"), async_checkpoint=False)
+    compute_for_config(cfg)
+    loop.train(cfg, progress=False)
+    saved = _flat(restore_params(cfg.checkpoint_dir / "2" / "params"))
+    assert sum("lora" in p for p in saved) == 20
+    policy = create_trained_policy(cfg, cfg.checkpoint_dir)
+    out = policy.infer(libero_obs(np.random.default_rng(0), size=48))
+    assert out["actions"].shape == (cfg.model.action_horizon, 7) and np.isfinite(out["actions"]).all()

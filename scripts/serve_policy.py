@@ -26,6 +26,7 @@ import tyro
 
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.episodes import EpisodeDetection
+from pi0_eqm.policies.policy import SERVING_CAPS
 
 
 @dataclasses.dataclass
@@ -45,8 +46,8 @@ class Args:
     idle_timeout: float = 300.0  # seconds without a request before a connection is closed
     max_batch: int = 1  # > 1: requests from different connections are decoded together (fleets, parallel eval)
     max_wait_ms: float = 5.0  # how long a batch waits for more requests
-    max_request_iters: int = 100  # per-request cap on expert forwards (the resolved max_iters)
-    min_request_threshold: float = 1e-4  # per-request lower bound on ε (ε <= 0 would never stop early)
+    max_request_iters: int = SERVING_CAPS.max_iters  # per-request cap on expert forwards (the resolved max_iters)
+    min_request_threshold: float = SERVING_CAPS.min_threshold  # per-request lower bound on ε (ε <= 0: never stops)
     api_key: str | None = None  # require "Authorization: Api-Key <key>" (openpi's client sends it given api_key)
     episodes: EpisodeDetection = EpisodeDetection()  # new-episode signals (--episodes.gap-s, --episodes.state-jump)
     warm_up: bool = True  # compile before /healthz says ready

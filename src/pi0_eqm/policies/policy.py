@@ -59,6 +59,9 @@ class RequestCaps:
                                       f"{self.min_threshold}")
 
 
+SERVING_CAPS = RequestCaps(max_iters=100, min_threshold=1e-4)  # the server's defaults (scripts/serve_policy.py)
+
+
 @dataclasses.dataclass
 class _Session:
     rng: jax.Array

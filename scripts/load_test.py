@@ -79,6 +79,7 @@ HOSTILE = textwrap.dedent("""
         lambda: packb({**good, "x": nd(b"", "<f4", [2**31, 2**31, 0])}),
         lambda: packb({**good, "x": nd(b"\\0" * 64, "|O", [8])}),
         lambda: packb({**good, "x": [[None] * 60_000] * 4}),
+        lambda: packb({**good, "x": [[None] * 9_000] * 3}),
         lambda: packb(good)[:1000],
     ]
     sent = replies = reconnects = 0

@@ -118,7 +118,8 @@ MALFORMED = [
     ("control_value_ndarray", packb({"__control__": np.array(["reset"])}), "__control__ = ndarray"),
     ("control_with_extra_keys", packb({"__control__": "reset", "x": 1}), "unknown control message"),
     ("zero_size_huge_dims", with_obs("x", nd(b"", F4, [1 << 31, 1 << 31, 0])), "per dimension"),
-    ("too_many_values", with_obs("x", [[None] * 50_000] * 5), "more than 200000 values"),
+    ("too_many_values", with_obs("x", [[None] * 9_000] * 25), "more than 20000 values"),
+    ("container_too_long", with_obs("x", [None] * 10_001), "too long"),
 ]
 
 

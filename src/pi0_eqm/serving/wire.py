@@ -69,9 +69,9 @@ class WireLimits:
     max_total_array_bytes: int = 64 * 1024 * 1024  # sum of decoded array bytes in one message
     max_depth: int = 16  # nesting of maps/lists (the top-level map is depth 1)
     max_rank: int = 8  # ndarray ndim
-    max_container_len: int = 100_000  # items in one msgpack map or array
+    max_container_len: int = 10_000  # items in one msgpack map or array (checked inside msgpack, before allocation)
     max_str_bytes: int = 1 << 20  # one msgpack str (e.g. a prompt)
-    max_items: int = 200_000  # msgpack values in the whole message (a LIBERO request has about 20)
+    max_items: int = 20_000  # msgpack values in the whole message (a LIBERO request has about 20)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -142,7 +142,7 @@ def test_huge_state_and_non_finite_chunks_never_reach_the_client_or_the_warm_sta
 def test_new_episode_detection(trained_libero):
     cfg, step_dir = trained_libero
     policy = create_trained_policy(cfg, step_dir, settings=WARM)
-    policy.episodes = EpisodeDetection(gap_s=0.5, state_jump=3.0)
+    policy.episodes = EpisodeDetection(gap_s=0.5, gap_factor=None, state_jump=3.0)
     seq = obs_seq(6, 3)
     solver = lambda o: policy.infer(o, session="s")["solver"]  # noqa: E731
     assert solver(seq[0])["new_episode"] == ""
@@ -158,4 +158,18 @@ def test_new_episode_detection(trained_libero):
     assert s["new_episode"] == "gap" and s["warm_started"] is False
     meta = policy.serving_metadata()
     assert meta["executed_actions_per_chunk"] == 2 and meta["warm_start"] == "aligned"
-    assert meta["new_episode_detection"] == {"prompt_change": True, "gap_s": 0.5, "state_jump": 3.0}
+    assert meta["new_episode_detection"] == {"prompt_change": True, "gap_s": 0.5, "gap_factor": None,
+                                             "gap_min_s": 0.25, "state_jump": 3.0}
+
+
+def test_gap_relative_to_the_sessions_own_pace():
+    """A gap counts when it is far longer than this session's usual one (the LIBERO loop's reset: 7-16x), so the
+    detection does not depend on how fast the machine steps the simulator."""
+    d = EpisodeDetection()
+    common = {"prev_prompt": "p", "prompt": "p", "prev_state": None, "state": np.zeros(8), "prev_time": 0.0}
+    assert d.reason(**common, now=0.8, recent_gaps=[0.6, 0.55, 0.6]) is None  # 1.4x the usual
+    assert d.reason(**common, now=4.1, recent_gaps=[0.6, 0.55, 0.6]) == "gap"  # 7x
+    assert d.reason(**common, now=4.1, recent_gaps=[0.6, 0.55]) is None  # too few gaps known, under gap_s
+    assert d.reason(**common, now=0.2, recent_gaps=[0.01] * 5) is None  # back-to-back clients: under gap_min_s
+    assert d.reason(**common, now=10.5, recent_gaps=[]) == "gap"  # the absolute bound
+    assert d.reason(**{**common, "prompt": "q"}, now=0.1) == "prompt"

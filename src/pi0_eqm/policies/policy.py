@@ -69,6 +69,7 @@ class _Session:
     prompt: Any = None
     state: np.ndarray | None = None  # normalized model state of the previous request
     replied_at: float | None = None  # time.monotonic() when the previous chunk was returned
+    gaps: list[float] = dataclasses.field(default_factory=list)  # reply → next request, this episode (last 8)
 
 
 @dataclasses.dataclass
@@ -177,11 +178,14 @@ class Policy:
         """Stage 2: new-episode detection, then the solver's start ``[H, action_dim]`` (noise or warm start)."""
         cfg = self.config
         sess = self._session(req.session)
+        now = time.monotonic()
         req.new_episode = self.episodes.reason(prev_prompt=sess.prompt, prompt=req.prompt, prev_state=sess.state,
                                                state=np.asarray(req.inputs["state"]), prev_time=sess.replied_at,
-                                               now=time.monotonic())
+                                               now=now, recent_gaps=sess.gaps)
         if req.new_episode is not None:
-            sess.prev_actions = None
+            sess.prev_actions, sess.gaps = None, []
+        elif sess.replied_at is not None:
+            sess.gaps = [*sess.gaps[-7:], now - sess.replied_at]
         with self._lock:
             sess.rng, rng = jax.random.split(sess.rng)
         noise = jax.random.normal(rng, (1, cfg.action_horizon, cfg.action_dim))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 
 import jax
@@ -82,6 +83,11 @@ def _logs_warning(caplog, pattern: str):
         r.getMessage() for r in caplog.records[start:] if r.levelno >= logging.WARNING and re.search(pattern, r.getMessage())
     ]
     assert found, f"no warning matching {pattern!r} was logged"
+
+
+def _entries(run) -> list[str]:
+    """The names in a run directory, without the hidden run marker and lock files."""
+    return [p for p in os.listdir(run) if not p.startswith(".pi0_eqm")]
 
 
 def _open(tmp_path, **kw):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
@@ -11,6 +10,7 @@ import pytest
 
 from pi0_eqm.training import checkpoints as ckpt
 from tests.training._checkpoint_common import _assert_trees_equal
+from tests.training._checkpoint_common import _entries
 from tests.training._checkpoint_common import _logs_warning
 from tests.training._checkpoint_common import _open
 from tests.training._checkpoint_common import _small_state
@@ -56,7 +56,7 @@ def test_damaged_latest_step_falls_back_to_previous(tmp_path, damage, caplog):
     _assert_trees_equal(restored, states[2])
 
     # The bad step is kept for inspection under another name, and training can save step 3 again.
-    names = os.listdir(run)
+    names = _entries(run)
     assert "3" not in names and any(n.startswith("3.corrupt-") for n in names)
     assert sorted(manager.all_steps()) == [1, 2]
     ckpt.save_state(manager, states[3], ema=False)
@@ -73,7 +73,7 @@ def test_explicit_step_does_not_fall_back(tmp_path):
     assert ckpt.restore_state(manager, _small_state(0), step=1)[2] == 1
     with pytest.raises(FileNotFoundError, match="available steps"):
         ckpt.restore_state(manager, _small_state(0), step=7)
-    assert "2" in os.listdir(tmp_path / "run")  # nothing renamed
+    assert "2" in _entries(tmp_path / "run")  # nothing renamed
 
 
 def test_no_restorable_step(tmp_path, caplog):
@@ -94,4 +94,4 @@ def test_tree_mismatch_is_an_error_not_a_fallback(tmp_path):
         ckpt.restore_state(manager, other)
     with pytest.raises(ckpt.CheckpointMismatchError, match="different EMA setting"):
         ckpt.restore_state(manager, _small_state(0, ema=True))
-    assert sorted(os.listdir(tmp_path / "run")) == ["1", "2"]
+    assert sorted(_entries(tmp_path / "run")) == ["1", "2"]

@@ -19,6 +19,7 @@ from pi0_eqm.training import checkpoint_assets
 from pi0_eqm.training import checkpoints as ckpt
 from tests.training._checkpoint_common import ASSET_ID
 from tests.training._checkpoint_common import _assert_trees_equal
+from tests.training._checkpoint_common import _entries
 from tests.training._checkpoint_common import _logs_warning
 from tests.training._checkpoint_common import _norm_stats
 from tests.training._checkpoint_common import _open
@@ -186,7 +187,7 @@ def test_keep_period_and_max_to_keep(tmp_path):
         ckpt.save_state(manager, _small_state(step), ema=False)
     ckpt.wait_until_saved(manager)
     assert sorted(manager.all_steps()) == [3, 6, 7]
-    assert sorted(int(p) for p in os.listdir(tmp_path / "run")) == [3, 6, 7]
+    assert sorted(int(p) for p in _entries(tmp_path / "run")) == [3, 6, 7]
 
 
 def test_max_to_keep_one_keeps_latest(tmp_path):
@@ -194,7 +195,7 @@ def test_max_to_keep_one_keeps_latest(tmp_path):
     for step in (10, 20, 30):
         ckpt.save_state(manager, _small_state(step), ema=False)
     ckpt.wait_until_saved(manager)
-    assert os.listdir(tmp_path / "run") == ["30"]
+    assert _entries(tmp_path / "run") == ["30"]
 
 
 def test_steps_must_increase(tmp_path):
@@ -231,7 +232,7 @@ def test_failed_async_save_is_raised_and_keeps_last_good_step(tmp_path, monkeypa
     with pytest.raises(ckpt.CheckpointSaveError, match=r"step 2 .*No space left.*earlier steps are intact: \[1\]"):
         ckpt.wait_until_saved(manager)
     run = tmp_path / "run"
-    assert "1" in os.listdir(run) and "2" not in os.listdir(run)
+    assert "1" in _entries(run) and "2" not in _entries(run)
     assert (run / "1" / "commit_success.txt").is_file()
     assert manager.all_steps() == [1]
     ckpt.wait_until_saved(manager)  # raised once, not again
@@ -256,13 +257,13 @@ def test_failed_commit_keeps_last_good_step_and_resumes(tmp_path, monkeypatch, c
         ckpt.save_state(manager, _small_state(2), ema=False, wait=True)
     monkeypatch.undo()
     run = tmp_path / "run"
-    assert sorted(os.listdir(run)) == ["1", "2.orbax-checkpoint-tmp"]
+    assert sorted(_entries(run)) == ["1", "2.orbax-checkpoint-tmp"]
     manager.close()
 
     with _logs_warning(caplog, "stale temporary checkpoint directory"):
         manager2, resuming = ckpt.initialize_checkpoint_dir(run, resume=True, max_to_keep=1)
-    assert resuming and sorted(os.listdir(run)) == ["1"]
+    assert resuming and sorted(_entries(run)) == ["1"]
     _, _, step = ckpt.restore_state(manager2, _small_state(0))
     assert step == 1
     ckpt.save_state(manager2, _small_state(2), ema=False, wait=True)
-    assert os.listdir(run) == ["2"]
+    assert _entries(run) == ["2"]

@@ -1,25 +1,31 @@
-"""Opening a training run directory: ``--resume``/``--overwrite`` rules, stale tmp dirs, retention, the manager.
+"""Opening a training run directory: ``--resume``/``--overwrite`` rules, the run lock, stale tmp dirs, the manager.
 
 :func:`initialize_checkpoint_dir` validates the directory for the requested mode (fresh start, resume,
-overwrite), removes the ``*.orbax-checkpoint-tmp*`` leftovers of interrupted saves with a warning, and returns the
-orbax ``CheckpointManager`` with the item handlers and retention policy of a training run. Directory mutations run
+overwrite), takes the run lock (:mod:`pi0_eqm.training.run_lock`), removes the ``*.orbax-checkpoint-tmp*`` leftovers
+of interrupted saves with a warning, and returns the orbax ``CheckpointManager`` with the item handlers and
+retention policy of a training run. A directory it creates gets the marker file ``.pi0_eqm_run.json``;
+``--overwrite`` deletes only a directory holding that marker, inside the checkpoint base dir. Directory mutations run
 on process 0 only, between barriers (:func:`on_primary`). :func:`latest_step_dir` resolves what a user passes as a
 checkpoint (a run directory, a step directory or an export) to the directory to load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import logging
 import os
 from pathlib import Path
 import shutil
 import time
+import weakref
 
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from pi0_eqm.atomic import atomic_write_bytes
 from pi0_eqm.atomic import discard
 from pi0_eqm.training.checkpoint_assets import NormStatsCheckpointHandler
 from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
@@ -33,10 +39,18 @@ from pi0_eqm.training.checkpoint_layout import TRAIN_CONFIG_FILE
 from pi0_eqm.training.checkpoint_layout import TRAIN_CONFIG_ITEM
 from pi0_eqm.training.checkpoint_layout import TRAIN_STATE_ITEM
 from pi0_eqm.training.checkpoint_layout import step_dirs
+from pi0_eqm.training.run_lock import LOCK_FILE
+from pi0_eqm.training.run_lock import RunLock
 
 logger = logging.getLogger(__name__)
 
 _BARRIER_COUNTER = itertools.count()
+
+RUN_MARKER = ".pi0_eqm_run.json"
+_MAX_LISTED = 10
+
+# The run lock of each manager opened by initialize_checkpoint_dir (released by release_run_dir).
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def on_primary(name: str, fn, *args) -> None:
@@ -82,9 +96,58 @@ def _refuse_to_wipe(directory: Path) -> None:
         raise ValueError(f"refusing to --overwrite {directory}: it is /, the home directory or contains the cwd")
 
 
-def _wipe(directory: Path) -> None:
+def _contents(directory: Path) -> str:
+    """A short description of what deleting ``directory`` would remove."""
+    files = n_bytes = 0
+    for root, _, names in os.walk(directory):
+        for name in names:
+            files += 1
+            with contextlib.suppress(OSError):
+                n_bytes += os.lstat(os.path.join(root, name)).st_size
+    top = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+    shown = ", ".join(top[:_MAX_LISTED]) + (f", ... ({len(top) - _MAX_LISTED} more)" if len(top) > _MAX_LISTED else "")
+    return f"{files} files, {n_bytes / 2**20:.1f} MiB: {shown}"
+
+
+def check_overwritable(directory: Path, base_dir: Path | None) -> None:
+    """Raise :class:`ValueError` unless ``--overwrite`` may delete ``directory``: a real directory (not a symlink)
+    holding the run marker, strictly inside ``base_dir`` (when given), and not /, the home directory or a parent of
+    the cwd. The message says what would have been deleted."""
     _refuse_to_wipe(directory)
+    why = None
+    if directory.is_symlink():
+        why = "it is a symbolic link"
+    elif base_dir is not None:
+        base = Path(base_dir).expanduser().resolve()
+        if base not in directory.resolve().parents:
+            why = f"it is not inside the checkpoint base dir {base}"
+    if why is None and not (directory / RUN_MARKER).is_file():
+        why = f"it was not created by the trainer as a run directory (no {RUN_MARKER} marker in it)"
+    if why is not None:
+        raise ValueError(
+            f"refusing to --overwrite {directory}: {why}. It would have deleted {_contents(directory)}. Delete it "
+            "yourself if that is what you want, or choose another --exp-name / --checkpoint-base-dir."
+        )
+
+
+def _wipe(directory: Path) -> None:
     discard(directory)  # the name is free at once, even if deletion is slow or interrupted
+
+
+def _write_marker(directory: Path) -> None:
+    record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": "pi0_eqm.training"}
+    atomic_write_bytes(directory / RUN_MARKER, json.dumps(record).encode())
+
+
+def _acquire(lock: RunLock) -> None:
+    lock.acquire()
+
+
+def release_run_dir(manager: ocp.CheckpointManager) -> None:
+    """Release the run lock taken by :func:`initialize_checkpoint_dir` for ``manager`` (no-op if none)."""
+    lock = _LOCKS.pop(manager, None)
+    if lock is not None:
+        lock.release()
 
 
 def latest_step_dir(checkpoint: str | os.PathLike) -> Path:
@@ -138,15 +201,20 @@ def initialize_checkpoint_dir(
     resume: bool = False,
     async_save: bool = True,
     async_timeout_secs: int = 7200,
+    base_dir: str | os.PathLike | None = None,
 ) -> tuple[ocp.CheckpointManager, bool]:
     """Prepare ``directory`` for a run and return ``(manager, resuming)``.
 
-    * ``overwrite``: delete the directory and start fresh.
+    * ``overwrite``: delete the directory (only if :func:`check_overwritable` allows it) and start fresh.
     * ``resume``: the directory must hold at least one complete step (else :class:`FileNotFoundError`).
     * neither: the directory must not exist or be empty (else :class:`FileExistsError`).
 
-    Retention: the ``max_to_keep`` latest steps (``None`` = all) plus every step that is a multiple of
-    ``keep_period``. Stale ``*.orbax-checkpoint-tmp*`` directories are removed with a warning.
+    The run lock is taken before anything is changed (:class:`pi0_eqm.training.run_lock.RunLockedError` if another
+    live trainer holds it) and kept until :func:`release_run_dir`. A fresh directory gets the run marker; a resumed
+    one without it (made by an older version) gets it once its steps are checked. Retention: the ``max_to_keep``
+    latest steps (``None`` = all) plus every step that is a multiple of ``keep_period``. Stale
+    ``*.orbax-checkpoint-tmp*`` directories are removed with a warning only under the lock, so they are the
+    leftovers of a previous holder that is no longer running.
     """
     if overwrite and resume:
         raise ValueError("--overwrite and --resume are mutually exclusive")
@@ -156,15 +224,17 @@ def initialize_checkpoint_dir(
         raise ValueError(f"keep_period must be >= 1 or None, got {keep_period}")
     if str(directory).startswith(("gs://", "s3://")):
         raise ValueError(f"only local checkpoint directories are supported, got {directory}")
-    directory = Path(directory).expanduser().absolute()
+    directory = Path(os.path.abspath(Path(directory).expanduser()))  # '..' collapsed before anything is checked
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"checkpoint directory {directory} exists and is not a directory")
 
-    non_empty = directory.is_dir() and any(directory.iterdir())
+    non_empty = directory.is_dir() and any(p.name != LOCK_FILE for p in directory.iterdir())
     resuming = False
+    lock = RunLock(directory)
     if non_empty:
         if overwrite:
-            _refuse_to_wipe(directory)
+            check_overwritable(directory, Path(base_dir) if base_dir is not None else None)
+            on_primary("lock", _acquire, lock)  # never delete the directory of a running trainer
             logger.info("--overwrite: deleting %s", directory)
             on_primary("wipe", _wipe, directory)
         elif resume:
@@ -185,23 +255,33 @@ def initialize_checkpoint_dir(
         )
 
     on_primary("mkdir", lambda: directory.mkdir(parents=True, exist_ok=True))
-    on_primary("remove_tmp", _remove_stale_tmp_dirs, directory)
+    on_primary("lock", _acquire, lock)
+    try:
+        if not resuming:
+            on_primary("marker", _write_marker, directory)
+        on_primary("remove_tmp", _remove_stale_tmp_dirs, directory)
 
-    if resuming:
-        steps = step_dirs(directory)
-        problems = {s: check_checkpoint_step(p) for s, p in sorted(steps.items())}
-        if not any(not p for p in problems.values()):
-            detail = "; ".join(f"step {s}: {', '.join(p)}" for s, p in problems.items()) or "no step directories"
-            raise FileNotFoundError(
-                f"--resume was given but {directory} has no complete checkpoint ({detail}). "
-                "Pass --overwrite instead to start a new run (this deletes the directory)."
-            )
+        if resuming:
+            steps = step_dirs(directory)
+            problems = {s: check_checkpoint_step(p) for s, p in sorted(steps.items())}
+            if not any(not p for p in problems.values()):
+                detail = "; ".join(f"step {s}: {', '.join(p)}" for s, p in problems.items()) or "no step directories"
+                raise FileNotFoundError(
+                    f"--resume was given but {directory} has no complete checkpoint ({detail}). "
+                    "Pass --overwrite instead to start a new run (this deletes the directory)."
+                )
+            if not (directory / RUN_MARKER).is_file():
+                on_primary("marker", _write_marker, directory)
 
-    manager = _make_manager(
-        directory,
-        keep_period=keep_period,
-        max_to_keep=max_to_keep,
-        async_save=async_save,
-        async_timeout_secs=async_timeout_secs,
-    )
+        manager = _make_manager(
+            directory,
+            keep_period=keep_period,
+            max_to_keep=max_to_keep,
+            async_save=async_save,
+            async_timeout_secs=async_timeout_secs,
+        )
+    except BaseException:
+        lock.release()
+        raise
+    _LOCKS[manager] = lock
     return manager, resuming

@@ -33,6 +33,7 @@ from pi0_eqm.training.checkpoint_assets import validate_data_state
 from pi0_eqm.training.checkpoint_assets import validate_norm_stats
 from pi0_eqm.training.checkpoint_dir import initialize_checkpoint_dir
 from pi0_eqm.training.checkpoint_dir import on_primary
+from pi0_eqm.training.checkpoint_dir import release_run_dir
 from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
 from pi0_eqm.training.checkpoint_integrity import quarantine
 from pi0_eqm.training.checkpoint_integrity import tree_mismatches
@@ -54,6 +55,7 @@ __all__ = [
     "CheckpointSaveError",
     "check_checkpoint_step",
     "initialize_checkpoint_dir",
+    "release_run_dir",
     "restore_norm_stats",
     "restore_params",
     "restore_state",

@@ -37,6 +37,18 @@ from pi0_eqm.training.optimizer import ConstantSchedule
 from pi0_eqm.training.optimizer import CosineDecaySchedule
 
 
+def _check_run_name(field: str, value: str) -> None:
+    """A config or experiment name is one path component: non-empty, no separators, not ``.``/``..``."""
+    bad = not value or value.strip() != value or value in (".", "..") or "/" in value or "\\" in value \
+        or "\0" in value or ".." in value
+    if bad:
+        raise ValueError(
+            f"--{field.replace('_', '-')}={value!r} is not a valid run name: it names the directory "
+            f"<checkpoint base dir>/<config>/<exp name>, so it must be non-empty, without leading/trailing spaces, "
+            "path separators or '..'"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     name: str
@@ -57,6 +69,7 @@ class TrainConfig:
     max_to_keep: int = 1
     num_workers: int = 2  # data-loading threads
     fsdp_devices: int = 1
+    fsdp_min_size_mbytes: float = 4.0  # arrays smaller than this are replicated, not FSDP-sharded
     checkpoint_base_dir: str = "./checkpoints"
     assets_base_dir: str = "./assets"
     overwrite: bool = False
@@ -71,6 +84,12 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.overwrite and self.resume:
             raise ValueError("--overwrite and --resume are mutually exclusive")
+        _check_run_name("exp_name", self.exp_name)
+        _check_run_name("name", self.name)
+        if self.max_to_keep < 1:
+            raise ValueError(f"--max-to-keep must be >= 1 (the latest steps kept on disk), got {self.max_to_keep}")
+        if self.fsdp_min_size_mbytes < 0:
+            raise ValueError(f"--fsdp-min-size-mbytes must be >= 0, got {self.fsdp_min_size_mbytes}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 

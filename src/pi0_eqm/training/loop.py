@@ -132,6 +132,7 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
     manager, resuming = _ckpt.initialize_checkpoint_dir(
         config.checkpoint_dir, keep_period=config.keep_period, max_to_keep=config.max_to_keep,
         overwrite=config.overwrite, resume=config.resume, async_save=config.async_checkpoint,
+        base_dir=config.checkpoint_base_dir,
     )
     loader = make_loader(config, data_cfg, shard_index=process_index, shard_count=process_count)
     data_iter = iter(loader)
@@ -212,6 +213,7 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
                 logger.warning("stopped at step %d; resume with --resume", done)
                 break
         _ckpt.wait_until_saved(manager)
+    _ckpt.release_run_dir(manager)
     return {"state": state, "history": history, "last_step": int(jax.device_get(state.step)), "start_step": start}
 
 

@@ -1,5 +1,6 @@
 """Knowledge insulation: masks, stop-gradient, token layout and the FAST data transform."""
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,14 +22,21 @@ KI = KIConfig(max_fast_tokens=10, fast_vocab_size=128, skip_tokens=2)
 F = KI.max_fast_tokens
 
 
-def _setup(decoder=None, stop_gradient=True, seed=0):
+PRESETS = ["pi0_tiny", "pi05_tiny"]
+
+
+def _setup(decoder=None, stop_gradient=True, seed=0, preset="pi0_tiny"):
     ki = KIConfig(max_fast_tokens=F, fast_vocab_size=128, skip_tokens=2, stop_gradient=stop_gradient)
-    cfg = model_config("pi0_tiny", decoder or EqmConfig(), real_action_dim=4, ki=ki)
+    cfg = model_config(preset, decoder or EqmConfig(), real_action_dim=4, ki=ki)
     dec = make_decoder(cfg)
     params = cfg.init(jax.random.key(seed))
     # A non-zero SigLIP head (zero-initialised, as in openpi) so image features reach the backbone.
     params["PaliGemma"]["img"]["head"]["kernel"] = 0.02 * jax.random.normal(
         jax.random.key(seed + 1), params["PaliGemma"]["img"]["head"]["kernel"].shape)
+    if cfg.pi05:  # zero-initialised adaRMS gates would close every expert residual branch
+        params = flax.traverse_util.unflatten_dict({
+            k: 0.02 * jax.random.normal(jax.random.key(seed + 2), v.shape) if "Dense_0/kernel" in k else v
+            for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}, sep="/")
     rng = np.random.default_rng(seed)
     obs = cfg.fake_obs(2)
     obs = obs.replace(
@@ -61,9 +69,10 @@ def _grad_maxabs(dec, params, obs, actions, part):
     return {path: float(jnp.max(jnp.abs(g))) for path, g in flat}
 
 
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("decoder", [EqmConfig(), FlowConfig()], ids=["eqm", "flow"])
-def test_expert_gradients_do_not_reach_the_backbone(decoder):
-    _, dec, params, obs, actions = _setup(decoder)
+def test_expert_gradients_do_not_reach_the_backbone(decoder, preset):
+    _, dec, params, obs, actions = _setup(decoder, preset=preset)
     g = _grad_maxabs(dec, params, obs, actions, "action")
     backbone = {p: v for p, v in g.items() if _is_backbone(p)}
     expert = {p: v for p, v in g.items() if not _is_backbone(p)}
@@ -73,24 +82,27 @@ def test_expert_gradients_do_not_reach_the_backbone(decoder):
     assert sum(v > 0 for v in expert.values()) >= len(expert) - 1  # all but possibly a bias that cancels
 
 
-def test_without_stop_gradient_the_expert_trains_the_backbone():
+@pytest.mark.parametrize("preset", PRESETS)
+def test_without_stop_gradient_the_expert_trains_the_backbone(preset):
     """The ablation switch really matters: joint training (no insulation) sends expert gradients into the VLM."""
-    _, dec, params, obs, actions = _setup(stop_gradient=False)
+    _, dec, params, obs, actions = _setup(stop_gradient=False, preset=preset)
     g = _grad_maxabs(dec, params, obs, actions, "action")
     reached = [p for p, v in g.items() if _is_backbone(p) and v > 0]
     assert len(reached) > 10
 
 
-def test_fast_loss_trains_only_the_backbone():
-    _, dec, params, obs, actions = _setup()
+@pytest.mark.parametrize("preset", PRESETS)
+def test_fast_loss_trains_only_the_backbone(preset):
+    _, dec, params, obs, actions = _setup(preset=preset)
     g = _grad_maxabs(dec, params, obs, actions, "fast")
     leaked = {jax.tree_util.keystr(p): v for p, v in g.items() if not _is_backbone(p) and v != 0.0}
     assert not leaked, f"FAST loss reached expert params: {leaked}"
     assert sum(v > 0 for p, v in g.items() if _is_backbone(p)) > 10
 
 
-def test_expert_ignores_fast_tokens_and_matches_inference_path():
-    cfg, dec, params, obs, actions = _setup()
+@pytest.mark.parametrize("preset", PRESETS)
+def test_expert_ignores_fast_tokens_and_matches_inference_path(preset):
+    cfg, dec, params, obs, actions = _setup(preset=preset)
     model = Pi0(cfg)
     x = actions
     t = jnp.full((2,), 0.3)

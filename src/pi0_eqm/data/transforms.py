@@ -127,7 +127,11 @@ class ResizeImages:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizePrompt:
-    tokenizer: Any  # ByteTokenizer | PaligemmaTokenizer
+    """``prompt`` → ``tokenized_prompt`` / ``tokenized_prompt_mask``; with ``discrete_state`` the (normalised) ``state``
+    is written into the prompt too (π₀.5)."""
+
+    tokenizer: Any  # ByteTokenizer | WordHashTokenizer | PaligemmaTokenizer
+    discrete_state: bool = False
 
     def __call__(self, data: dict) -> dict:
         if "prompt" not in data:
@@ -139,7 +143,12 @@ class TokenizePrompt:
             prompt = prompt.decode("utf-8")
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        tokens, mask = self.tokenizer.tokenize(prompt)
+        state = None
+        if self.discrete_state:
+            if "state" not in data:
+                raise KeyError("this model writes the state into the prompt, but the sample has no 'state'")
+            state = np.asarray(data["state"], dtype=np.float32)
+        tokens, mask = self.tokenizer.tokenize(prompt, state)
         out = {k: v for k, v in data.items() if k != "prompt"}
         return {**out, "tokenized_prompt": tokens, "tokenized_prompt_mask": mask}
 

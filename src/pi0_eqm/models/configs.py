@@ -1,4 +1,4 @@
-"""Named model presets: the full-size π₀ and CPU-sized variants with the same structure."""
+"""Named model presets: the full-size π₀ / π₀.5 and CPU-sized variants with the same structure."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ _PRESETS: dict[str, dict] = {
         remat=False,
     ),
 }
+# π₀.5 twins: openpi's Pi0Config(pi05=True) (adaRMS expert, no state token, 200 prompt tokens, discrete state in
+# the prompt) and CPU variants whose word-level prompts fit the state bins.
+_PRESETS["pi05"] = dict(pi05=True)
+_PRESETS["pi05_tiny"] = dict(_PRESETS["pi0_tiny"], pi05=True, tokenizer="words", max_token_len=24)
+_PRESETS["pi05_metaworld"] = dict(_PRESETS["pi0_metaworld"], pi05=True, max_token_len=24)
 
 
 def presets() -> list[str]:

@@ -12,6 +12,10 @@ Each call takes one token stream per expert (``None`` = no tokens for that exper
 computes its own q/k/v, the streams are concatenated along the sequence axis in expert order, attention runs jointly
 under the given mask, and the output is split back and projected per expert. A KV cache (per layer ``k, v`` of shape
 ``[L, B, S, K, H]``) lets the prefix be computed once and reused for every decoder iteration.
+
+π₀.5's adaRMS: an expert given a conditioning vector ``cond [B, C]`` (``adarms_cond[i]``) replaces each of its norms'
+``scale`` by ``Dense_0 (C → 3·D, zero-initialised)(cond) → scale, shift, gate``: the norm returns
+``normed·(1 + scale) + shift`` and its residual branch is multiplied by ``gate`` (openpi's ``_gated_residual``).
 """
 
 from __future__ import annotations
@@ -115,13 +119,26 @@ class Einsum(nn.Module):
 
 
 class RMSNorm(nn.Module):
+    """``normed·(1 + scale)``; with ``cond`` (adaRMS) ``normed·(1 + scale) + shift`` and a residual gate, all three
+    from a zero-initialised ``Dense_0(cond)``. Returns ``(output, gate)``; ``gate`` is ``None`` without ``cond``."""
+
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cond: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
         dtype = x.dtype
         var = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
         normed = x.astype(jnp.float32) * jax.lax.rsqrt(var + 1e-6)
-        scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],))
-        return (normed * (1 + scale.astype(jnp.float32))).astype(dtype)
+        if cond is None:
+            scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],))
+            return (normed * (1 + scale.astype(jnp.float32))).astype(dtype), None
+        modulation = nn.Dense(3 * x.shape[-1], kernel_init=nn.initializers.zeros, dtype=dtype, name="Dense_0")(cond)
+        scale, shift, gate = jnp.split(modulation[:, None, :], 3, axis=-1)
+        return (normed * (1 + scale) + shift).astype(dtype), gate
+
+
+def _gated_residual(x: jax.Array | None, y: jax.Array | None, gate: jax.Array | None) -> jax.Array | None:
+    if x is None:
+        return None
+    return x + y if gate is None else x + y * gate
 
 
 class Embedder(nn.Module):
@@ -246,20 +263,22 @@ class Block(nn.Module):
     dtype: str
 
     @nn.compact
-    def __call__(self, xs, kv_cache, positions, attn_mask):
-        normed = [
-            None if x is None else RMSNorm(name=_name("pre_attention_norm", i))(x) for i, x in enumerate(xs)
-        ]
+    def __call__(self, xs, kv_cache, positions, attn_mask, adarms_cond):
+        normed, gates = [], []
+        for i, (x, cond) in enumerate(zip(xs, adarms_cond, strict=True)):
+            n, g = (None, None) if x is None else RMSNorm(name=_name("pre_attention_norm", i))(x, cond)
+            normed.append(n)
+            gates.append(g)
         attn_out, new_cache = Attention(self.configs, self.dtype, name="attn")(normed, positions, attn_mask, kv_cache)
-        xs = [None if x is None else x + a for x, a in zip(xs, attn_out, strict=True)]
+        xs = [_gated_residual(x, a, g) for x, a, g in zip(xs, attn_out, gates, strict=True)]
         out = []
-        for i, (x, cfg) in enumerate(zip(xs, self.configs, strict=True)):
+        for i, (x, cfg, cond) in enumerate(zip(xs, self.configs, adarms_cond, strict=True)):
             if x is None:
                 out.append(None)
                 continue
-            h = RMSNorm(name=_name("pre_ffw_norm", i))(x)
+            h, gate = RMSNorm(name=_name("pre_ffw_norm", i))(x, cond)
             h = FeedForward(cfg.width, cfg.mlp_dim, self.dtype, lora=cfg.lora_ffn, name=_name("mlp", i))(h)
-            out.append(x + h)
+            out.append(_gated_residual(x, h, gate))
         return out, new_cache
 
 
@@ -283,7 +302,7 @@ class Module(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast),
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
             length=self.configs[0].depth,
         )(configs=tuple(self.configs), dtype=self.dtype)
         self.final_norms = [RMSNorm(name=_name("final_norm", i)) for i in range(len(self.configs))]
@@ -300,14 +319,20 @@ class Module(nn.Module):
         positions: jax.Array,
         mask: jax.Array,
         kv_cache: KVCache | None = None,
+        adarms_cond: Sequence[jax.Array | None] | None = None,
     ) -> tuple[list[jax.Array | None], KVCache]:
-        """Runs all layers. ``mask`` is ``[B, T, S]`` (S = cached + new tokens); returns outputs and the KV cache."""
+        """Runs all layers. ``mask`` is ``[B, T, S]`` (S = cached + new tokens); ``adarms_cond`` one conditioning
+        vector (or ``None``) per expert. Returns the outputs and the KV cache."""
         if len(embedded) != len(self.configs):
             raise ValueError(f"got {len(embedded)} token streams for {len(self.configs)} experts")
+        adarms_cond = [None] * len(self.configs) if adarms_cond is None else list(adarms_cond)
+        if len(adarms_cond) != len(self.configs):
+            raise ValueError(f"got {len(adarms_cond)} adaRMS conditions for {len(self.configs)} experts")
         xs = [None if e is None else e.astype(self.dtype) for e in embedded]
         mask = jnp.asarray(mask)[:, None, :, :]
-        xs, kv_cache = self.layers(xs, kv_cache, positions, mask)
-        outs = [None if x is None else norm(x) for x, norm in zip(xs, self.final_norms, strict=True)]
+        xs, kv_cache = self.layers(xs, kv_cache, positions, mask, adarms_cond)
+        outs = [None if x is None else norm(x, c)[0]
+                for x, norm, c in zip(xs, self.final_norms, adarms_cond, strict=True)]
         return outs, kv_cache
 
     def init_all(self, tokens: jax.Array, expert_inputs: Sequence[jax.Array]):

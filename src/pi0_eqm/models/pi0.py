@@ -11,6 +11,12 @@ Parameter tree (identical to openpi's ``Pi0`` for the same config)::
 
     PaliGemma/img/...  PaliGemma/llm/...  state_proj  action_in_proj  action_time_mlp_in  action_time_mlp_out
     action_out_proj
+
+π₀.5 (``pi05=True``, openpi's semantics): no state token — the suffix is ``action_in_proj(x)`` only — and the time
+embedding goes through ``time_mlp_in/out`` (swish after each) into adaRMS conditioning of every expert norm
+(``pre_attention_norm_1``, ``pre_ffw_norm_1``, ``final_norm_1`` each get a ``Dense_0`` instead of ``scale``);
+``max_token_len`` defaults to 200 and the discretised state goes into the prompt (``discrete_state_input``, read by
+the tokenizer transform). EqM passes t ≡ 0 through the same path, so the tree stays π₀.5's.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class Pi0Config:
     vocab_size: int = _gemma.PALIGEMMA_VOCAB_SIZE
     action_dim: int = 32  # padded model action dim
     action_horizon: int = 50
-    max_token_len: int = 48
+    max_token_len: int | None = None  # None → 48 (π₀) / 200 (π₀.5), as openpi
     image_keys: tuple[str, ...] = IMAGE_KEYS
     image_resolution: tuple[int, int] = (224, 224)
     tokenizer: str = "auto"  # auto (PaliGemma for its vocab, bytes for small vocabs) | paligemma | bytes | words
@@ -53,8 +59,14 @@ class Pi0Config:
     decoder: DecoderConfig = dataclasses.field(default_factory=EqmConfig)
     remat: bool = True
     ki: KIConfig | None = None  # knowledge insulation: FAST next-token loss on the backbone, stop-grad K/V for the expert
+    pi05: bool = False  # π₀.5: adaRMS time conditioning in the expert, no state token
+    discrete_state_input: bool | None = None  # state discretised into the prompt; None → pi05
 
     def __post_init__(self):
+        if self.max_token_len is None:
+            object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
+        if self.max_token_len < 1:
+            raise ValueError(f"max_token_len must be >= 1, got {self.max_token_len}")
         llm = _gemma.get_config(self.paligemma_variant)
         exp = _gemma.get_config(self.action_expert_variant)
         if (llm.depth, llm.num_heads, llm.num_kv_heads, llm.head_dim) != (
@@ -74,6 +86,11 @@ class Pi0Config:
             raise TypeError(f"decoder must be FlowConfig or EqmConfig, got {type(self.decoder).__name__}")
         if self.ki is not None:
             FastTokenLayout.of(self.vocab_size, self.ki)
+
+    @property
+    def state_in_prompt(self) -> bool:
+        """True when the tokenizer writes the discretised normalised state into the prompt (openpi's π₀.5 format)."""
+        return self.pi05 if self.discrete_state_input is None else self.discrete_state_input
 
     @property
     def fast_layout(self) -> FastTokenLayout | None:
@@ -150,10 +167,14 @@ class Pi0(nn.Module):
         cfg = self.config
         ew = cfg.expert_config.width
         self.PaliGemma = _PaliGemma(cfg)
-        self.state_proj = nn.Dense(ew, name="state_proj")
         self.action_in_proj = nn.Dense(ew, name="action_in_proj")
-        self.action_time_mlp_in = nn.Dense(ew, name="action_time_mlp_in")
-        self.action_time_mlp_out = nn.Dense(ew, name="action_time_mlp_out")
+        if cfg.pi05:
+            self.time_mlp_in = nn.Dense(ew, name="time_mlp_in")
+            self.time_mlp_out = nn.Dense(ew, name="time_mlp_out")
+        else:
+            self.state_proj = nn.Dense(ew, name="state_proj")
+            self.action_time_mlp_in = nn.Dense(ew, name="action_time_mlp_in")
+            self.action_time_mlp_out = nn.Dense(ew, name="action_time_mlp_out")
         self.action_out_proj = nn.Dense(cfg.action_dim, name="action_out_proj")
 
     # ------------------------------------------------------------------ embeddings
@@ -173,18 +194,23 @@ class Pi0(nn.Module):
         return tokens, input_mask, ar_mask
 
     def embed_suffix(self, state: jax.Array, x: jax.Array, time: jax.Array):
+        """Suffix tokens, input mask, ar mask and the expert's adaRMS condition (``None`` for π₀)."""
         cfg = self.config
         b, h, _ = x.shape
-        state_token = self.state_proj(state.astype(jnp.float32))[:, None, :]
         action_tokens = self.action_in_proj(x.astype(jnp.float32))
         time_emb = posemb_sincos(time.astype(jnp.float32), cfg.expert_config.width, 4e-3, 4.0)
+        if cfg.pi05:
+            cond = nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(time_emb))))
+            ar_mask = jnp.array([True] + [False] * (h - 1))
+            return action_tokens, jnp.ones((b, h), dtype=bool), ar_mask, cond
+        state_token = self.state_proj(state.astype(jnp.float32))[:, None, :]
         time_tokens = jnp.broadcast_to(time_emb[:, None, :], (b, h, time_emb.shape[-1]))
         action_time = jnp.concatenate([action_tokens, time_tokens], axis=-1)
         action_time = self.action_time_mlp_out(nn.swish(self.action_time_mlp_in(action_time)))
         tokens = jnp.concatenate([state_token, action_time], axis=1)
         input_mask = jnp.ones(tokens.shape[:2], dtype=bool)
         ar_mask = jnp.array([True] + [True] + [False] * (h - 1))
-        return tokens, input_mask, ar_mask
+        return tokens, input_mask, ar_mask, None
 
     # ------------------------------------------------------------------ forward pieces
     def prefill(self, obs: Observation) -> tuple[_gemma.KVCache, jax.Array]:
@@ -199,25 +225,27 @@ class Pi0(nn.Module):
         self, kv_cache: _gemma.KVCache, prefix_mask: jax.Array, state: jax.Array, x: jax.Array, time: jax.Array
     ) -> jax.Array:
         """Action-expert output ``[B, H, D]`` (float32) for noisy actions ``x`` against a cached prefix."""
-        tokens, suffix_mask, suffix_ar = self.embed_suffix(state, x, time)
+        tokens, suffix_mask, suffix_ar, cond = self.embed_suffix(state, x, time)
         b, s = suffix_mask.shape
         p = prefix_mask.shape[1]
         suffix_attn = make_attn_mask(suffix_mask, suffix_ar)
         prefix_attn = jnp.broadcast_to(prefix_mask[:, None, :], (b, s, p))
         full_mask = jnp.concatenate([prefix_attn, suffix_attn], axis=-1)
         positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
-        (_, suffix_out), _ = self.PaliGemma.llm([None, tokens], positions=positions, mask=full_mask, kv_cache=kv_cache)
+        (_, suffix_out), _ = self.PaliGemma.llm([None, tokens], positions=positions, mask=full_mask, kv_cache=kv_cache,
+                                                adarms_cond=[None, cond])
         return self.action_out_proj(suffix_out[:, -x.shape[1]:].astype(jnp.float32))
 
     def full_field(self, obs: Observation, x: jax.Array, time: jax.Array) -> jax.Array:
         """Same output as ``prefill`` + ``expert_field`` from one uncached forward over prefix and suffix."""
         prefix_tokens, prefix_mask, prefix_ar = self.embed_prefix(obs)
-        suffix_tokens, suffix_mask, suffix_ar = self.embed_suffix(obs.state, x, time)
+        suffix_tokens, suffix_mask, suffix_ar, cond = self.embed_suffix(obs.state, x, time)
         input_mask = jnp.concatenate([prefix_mask, suffix_mask], axis=1)
         ar_mask = jnp.concatenate([prefix_ar, suffix_ar], axis=0)
         attn_mask = make_attn_mask(input_mask, ar_mask)
         positions = jnp.cumsum(input_mask, axis=1) - 1
-        (_, suffix_out), _ = self.PaliGemma.llm([prefix_tokens, suffix_tokens], positions=positions, mask=attn_mask)
+        (_, suffix_out), _ = self.PaliGemma.llm([prefix_tokens, suffix_tokens], positions=positions, mask=attn_mask,
+                                                adarms_cond=[None, cond])
         return self.action_out_proj(suffix_out[:, -x.shape[1]:].astype(jnp.float32))
 
     def ki_forward(self, obs: Observation, fast_in: jax.Array, fast_in_mask: jax.Array, x: jax.Array,

@@ -1,8 +1,9 @@
 """Prompt tokenizers: openpi's PaliGemma sentencepiece tokenizer and a byte-level tokenizer for tiny models.
 
-Both clean the prompt like openpi (strip, ``_`` and newlines → spaces), encode ``BOS + text + "\\n"``, right-pad with 0
+All clean the prompt like openpi (strip, ``_`` and newlines → spaces), encode ``BOS + text + "\\n"``, right-pad with 0
 to ``max_len`` and return ``(tokens int32 [max_len], mask bool [max_len])``; longer prompts are truncated with a
-warning.
+warning. Given the normalised ``state`` (π₀.5's discrete state input) they encode openpi's π₀.5 text instead,
+``BOS + "Task: {prompt}, State: {bins};\\nAction: "`` with each state dim in one of 256 bins over [−1, 1].
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ PALIGEMMA_TOKENIZER_ENV = "PI0_PALIGEMMA_TOKENIZER"
 
 def clean_prompt(text: str) -> str:
     return text.strip().replace("_", " ").replace("\n", " ")
+
+
+STATE_BINS = 256
+
+
+def discretize_state(state: np.ndarray) -> np.ndarray:
+    """Bin index in ``[0, 255]`` of each normalised state dim (``digitize`` over 256 bins of [−1, 1], as openpi)."""
+    return np.digitize(np.asarray(state), bins=np.linspace(-1, 1, STATE_BINS + 1)[:-1]) - 1
+
+
+def pi05_prompt(prompt: str, state: np.ndarray) -> str:
+    """openpi's π₀.5 prompt text with the discretised state."""
+    bins = " ".join(map(str, discretize_state(state)))
+    return f"Task: {clean_prompt(prompt)}, State: {bins};\nAction: "
 
 
 _WARNED: set[tuple[str, int]] = set()
@@ -49,8 +64,8 @@ class ByteTokenizer:
 
     vocab_size_needed = 259
 
-    def tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        text = clean_prompt(prompt) + "\n"
+    def tokenize(self, prompt: str, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        text = clean_prompt(prompt) + "\n" if state is None else pi05_prompt(prompt, state)
         ids = [1] + [b + 3 for b in text.encode("utf-8")]
         return _pad(ids, self.max_len, prompt)
 
@@ -65,10 +80,10 @@ class WordHashTokenizer:
 
     vocab_size_needed = 64
 
-    def tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-
-        words = re.findall(r"[a-z0-9]+|[^a-z0-9\s]", clean_prompt(prompt).lower())
-        ids = [1] + [3 + zlib.crc32(w.encode()) % (self.vocab_size - 3) for w in words] + [2]
+    def tokenize(self, prompt: str, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        text = clean_prompt(prompt) if state is None else pi05_prompt(prompt, state)
+        words = re.findall(r"[a-z0-9]+|[^a-z0-9\s]", text.lower())
+        ids = [1] + [3 + zlib.crc32(w.encode()) % (self.vocab_size - 3) for w in words] + ([2] if state is None else [])
         return _pad(ids, self.max_len, prompt)
 
 
@@ -97,9 +112,12 @@ class PaligemmaTokenizer:
             )
         return _load_sp(str(path))
 
-    def tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    def tokenize(self, prompt: str, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         sp = self._processor()
-        ids = sp.encode(clean_prompt(prompt), add_bos=True) + sp.encode("\n")
+        if state is None:
+            ids = sp.encode(clean_prompt(prompt), add_bos=True) + sp.encode("\n")
+        else:
+            ids = sp.encode(pi05_prompt(prompt, state), add_bos=True)
         return _pad(ids, self.max_len, prompt)
 
 

@@ -106,6 +106,7 @@ _LIBERO_DATA = EpisodicDataConfig(robot="libero", format="lerobot", path="lerobo
                                   asset_id="physical-intelligence/libero", extra_delta_transform=True)
 _PI0_BASE = _weights.CheckpointWeightLoader("checkpoints/pi0_base/params")
 # EqM feeds t ≡ 0 through the same time path, so a π₀ base checkpoint fills every param; nothing is missing.
+_PI05_BASE = _weights.CheckpointWeightLoader("checkpoints/pi05_base/params")
 
 _DEBUG_MODEL = dict(real_action_dim=4)
 # Word tokens of the longest LIBERO instruction (libero_spatial / libero_10: 19 words + BOS + newline = 21), rounded up.
@@ -125,12 +126,14 @@ _KI_METAWORLD = KIConfig(max_fast_tokens=64, fast_vocab_size=512, skip_tokens=16
 _KI_DEBUG = KIConfig(max_fast_tokens=24, fast_vocab_size=128, skip_tokens=2)
 
 
-def _metaworld(name: str, decoder) -> TrainConfig:
-    """The embedded benchmark: flow and EqM trained identically (same data, steps, seed) on Meta-World demos."""
+def _metaworld(name: str, decoder, preset: str = "pi0_metaworld") -> TrainConfig:
+    """The embedded benchmark: flow and EqM trained identically (same data, steps, seed) on Meta-World demos.
+    π₀.5 (``preset="pi05_metaworld"``) normalises with quantiles, as openpi's π₀.5 configs."""
+    pi05 = preset.startswith("pi05")
     return TrainConfig(
         name=name,
-        model=model_config("pi0_metaworld", decoder),
-        data=_METAWORLD_DATA,
+        model=model_config(preset, decoder),
+        data=dataclasses.replace(_METAWORLD_DATA, use_quantile_norm=True) if pi05 else _METAWORLD_DATA,
         lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=1500, decay_lr=1e-4),
         optimizer=AdamW(weight_decay=1e-10),
         ema_decay=0.99,
@@ -170,6 +173,23 @@ def _debug(name: str, model: Pi0Config, data, *, lr: float, batch_size: int = 8,
     return TrainConfig(name=name, model=model, data=data, lr_schedule=ConstantSchedule(lr), batch_size=batch_size,
                        num_train_steps=10, log_interval=1, save_interval=5, keep_period=None, max_to_keep=2,
                        ema_decay=ema_decay)
+
+
+def _pi05_libero(name: str, decoder, ki: KIConfig | None = None) -> TrainConfig:
+    """openpi's ``pi05_libero``: H 10, quantile norm, no extra delta transform, batch 256, cosine 10k → 5e-5 (decaying
+    over 1e6 steps, i.e. ~constant for the 30k trained), EMA 0.999, ``pi05_base`` init. The state stays out of the
+    prompt (``discrete_state_input=False``, as openpi) except with knowledge insulation, where the backbone needs it."""
+    model = model_config("pi05", decoder, action_horizon=10, real_action_dim=7, discrete_state_input=ki is not None,
+                         ki=ki)
+    return TrainConfig(
+        name=name,
+        model=model,
+        data=dataclasses.replace(_LIBERO_DATA, extra_delta_transform=False, use_quantile_norm=True),
+        weight_loader=_PI05_BASE,
+        lr_schedule=CosineDecaySchedule(warmup_steps=10_000, peak_lr=5e-5, decay_steps=1_000_000, decay_lr=5e-5),
+        ema_decay=0.999,
+        batch_size=256,
+    )
 
 
 def _low_mem(name: str, decoder) -> TrainConfig:
@@ -231,11 +251,21 @@ _CONFIGS: list[TrainConfig] = [
     # (and stored in bf16), SigLIP and the projections trained, no EMA.
     _low_mem("pi0_libero_low_mem_finetune", FlowConfig()),
     _low_mem("pi0_eqm_libero_low_mem_finetune", EqmConfig()),
+    # π₀.5 on LIBERO (openpi's recipe) for both decoders, and with knowledge insulation (discrete state in the prompt)
+    _pi05_libero("pi05_libero", FlowConfig()),
+    _pi05_libero("pi05_eqm_libero", EqmConfig()),
+    _pi05_libero("pi05_ki_libero", FlowConfig(), ki=_KI_LIBERO),
+    _pi05_libero("pi05_eqm_ki_libero", EqmConfig(), ki=_KI_LIBERO),
     # ------------------------------------------------------------------------- embedded benchmark (Meta-World)
     _metaworld("pi0_metaworld", FlowConfig()),
     _metaworld("pi0_eqm_metaworld", EqmConfig()),
     with_ki(_metaworld("pi0_metaworld", FlowConfig()), _KI_METAWORLD, name="pi0_ki_metaworld"),
     with_ki(_metaworld("pi0_eqm_metaworld", EqmConfig()), _KI_METAWORLD, name="pi0_eqm_ki_metaworld"),
+    _metaworld("pi05_metaworld", FlowConfig(), "pi05_metaworld"),
+    _metaworld("pi05_eqm_metaworld", EqmConfig(), "pi05_metaworld"),
+    with_ki(_metaworld("pi05_metaworld", FlowConfig(), "pi05_metaworld"), _KI_METAWORLD, name="pi05_ki_metaworld"),
+    with_ki(_metaworld("pi05_eqm_metaworld", EqmConfig(), "pi05_metaworld"), _KI_METAWORLD,
+            name="pi05_eqm_ki_metaworld"),
     # LIBERO on a CPU, both decoders trained identically (README, "LIBERO on a CPU")
     _libero_cpu("pi0_libero_cpu", FlowConfig()),
     _libero_cpu("pi0_eqm_libero_cpu", EqmConfig()),
@@ -246,6 +276,11 @@ _CONFIGS: list[TrainConfig] = [
     _debug("debug_ki", model_config("pi0_tiny", FlowConfig(), ki=_KI_DEBUG, **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3),
     _debug("debug_eqm_ki", model_config("pi0_tiny", EqmConfig(), ki=_KI_DEBUG, **_DEBUG_MODEL), ToyDataConfig(),
            lr=3e-3, ema_decay=0.9),
+    _debug("debug_pi05", model_config("pi05_tiny", FlowConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3),
+    _debug("debug_pi05_eqm", model_config("pi05_tiny", EqmConfig(), **_DEBUG_MODEL), ToyDataConfig(), lr=3e-3,
+           ema_decay=0.9),
+    _debug("debug_pi05_ki", model_config("pi05_tiny", FlowConfig(), ki=_KI_DEBUG, **_DEBUG_MODEL), ToyDataConfig(),
+           lr=3e-3),
     # tiny LoRA configs (the low-mem recipe on the tiny model)
     _debug("debug_lora", model_config("pi0_tiny", FlowConfig(), paligemma_variant="gemma_tiny_lora",
                                       action_expert_variant="gemma_tiny_expert_lora", **_DEBUG_MODEL),

@@ -65,7 +65,7 @@ def model_transforms(model: Pi0Config, default_prompt: str | None = None, fast_t
             _t.InjectDefaultPrompt(default_prompt),
             _t.SelectImages(model.image_keys),
             _t.ResizeImages(h, w),
-            _t.TokenizePrompt(tokenizer),
+            _t.TokenizePrompt(tokenizer, discrete_state=model.state_in_prompt),
             *fast,
             _t.PadStatesAndActions(model.action_dim),
         )

@@ -9,8 +9,11 @@ Layout::
     data/chunk-000/episode_000000.parquet
     videos/chunk-000/<video_key>/episode_000000.mp4   (features with dtype "video")
 
-Image features are parquet structs ``{"bytes", "path"}`` (PNG) or mp4 videos decoded with PyAV. Nothing here touches
-the network.
+Image features are parquet structs ``{"bytes", "path"}`` (PNG) or mp4 videos decoded with PyAV. Random access is
+bounded per sample: a frame's parquet images are read from the episode's memory-mapped frame index
+(:mod:`pi0_eqm.data._frame_index`, built from the parquet file the first time the episode is read) and only that
+frame is decoded; video frames are decoded from the keyframe before them. The low-dimensional columns of recently
+used episodes are cached. Nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from tqdm.auto import tqdm
 
 from pi0_eqm.atomic import atomic_directory
 from pi0_eqm.data import _video
+from pi0_eqm.data._frame_index import FrameIndex
+from pi0_eqm.data._frame_index import default_directory
 from pi0_eqm.data.episodes import ACTION_KEY
 from pi0_eqm.data.episodes import STATE_KEY
 from pi0_eqm.data.episodes import Episode
@@ -44,6 +49,8 @@ LIBERO_LEROBOT_NAMES: Mapping[str, str] = {**LIBERO_LEROBOT_IMAGE_KEYS, STATE_KE
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 _SUPPORTED_VERSIONS = ("v2.0", "v2.1")
+IMAGE_ROW_GROUP_SIZE = 100  # rows per parquet row group of image datasets (as HF datasets writes them)
+_LOW_DIM_CACHE = 4096  # episodes whose state/action/timestamp columns stay in memory (a few kB each)
 _OBTAIN_HINT = (
     "Download it with `huggingface-cli download physical-intelligence/libero --repo-type dataset --local-dir <root>` "
     "or generate one with pi0_eqm.data.lerobot.write_lerobot_dataset(root, episodes, fps=...)."
@@ -83,6 +90,7 @@ class LeRobotDataset:
 
     ``image_keys`` maps output keys to LeRobot feature names (default: LIBERO's ``image``/``wrist_image``);
     ``state_key``/``action_key`` are feature names. The prompt is the task string of the episode's ``task_index``.
+    ``frame_index_dir``: where the per-episode frame index goes (default ``_frame_index.default_directory(root)``).
     """
 
     def __init__(
@@ -92,7 +100,7 @@ class LeRobotDataset:
         image_keys: Mapping[str, str] = LIBERO_LEROBOT_IMAGE_KEYS,
         state_key: str = "state",
         action_key: str = "actions",
-        cache_size: int = 4,
+        frame_index_dir: str | Path | None = None,
     ):
         self.root = Path(root).expanduser()
         info_path = self.root / "meta" / "info.json"
@@ -120,9 +128,9 @@ class LeRobotDataset:
             raise ValueError(f"{self.root}/meta/episodes.jsonl lists no episodes")
         self._tasks = {int(r["task_index"]): r["task"] for r in _read_jsonl(self.root / "meta" / "tasks.jsonl")}
         self._chunks_size = int(self.info.get("chunks_size", 1000))
-        self._cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-        self._cache_size = max(1, cache_size)
+        self._cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()  # low-dimensional episodes
         self._lock = threading.Lock()
+        self._frames = FrameIndex(Path(frame_index_dir) if frame_index_dir is not None else default_directory(self.root))
 
     @property
     def image_keys(self) -> tuple[str, ...]:
@@ -147,7 +155,7 @@ class LeRobotDataset:
         value = compute()
         with self._lock:
             self._cache[key] = value
-            while len(self._cache) > self._cache_size:
+            while len(self._cache) > _LOW_DIM_CACHE:
                 self._cache.popitem(last=False)
         return value
 
@@ -178,19 +186,24 @@ class LeRobotDataset:
 
         return self._cached(("low", e), compute)
 
-    def _encoded_images(self, index: int) -> dict[str, list[bytes]]:
+    def _parquet_image_names(self) -> dict[str, str]:
+        return {k: v for k, v in self._image_map.items() if self._features[v]["dtype"] == "image"}
+
+    def _frame_bytes(self, index: int, frame: int) -> dict[str, bytes]:
+        """The encoded parquet images of one frame, from the episode's frame index."""
         e = int(self._episodes[check_index(index, len(self))]["episode_index"])
-        names = {k: v for k, v in self._image_map.items() if self._features[v]["dtype"] == "image"}
+        names = self._parquet_image_names()
+        if not names:
+            return {}
+        source = self._path("data_path", e)
+        if not source.is_file():
+            raise FileNotFoundError(f"episode {e}: parquet file {source} is missing (incomplete download?)")
 
-        def compute():
+        def build() -> dict[str, list[bytes]]:
             table = self._read_table(e, list(names.values()))
-            out = {}
-            for key, name in names.items():
-                structs = table[name].to_pylist()
-                out[key] = [self._image_bytes(s, name, e) for s in structs]
-            return out
+            return {key: [self._image_bytes(v, name, e) for v in table[name].to_pylist()] for key, name in names.items()}
 
-        return self._cached(("img", e), compute) if names else {}
+        return self._frames.frame(e, frame, source, build)
 
     def _image_bytes(self, value, name: str, e: int) -> bytes:
         if isinstance(value, dict):
@@ -219,20 +232,24 @@ class LeRobotDataset:
         low, prompt, meta = self._low_dim(index)
         steps = dict(low)
         if images:
-            encoded = self._encoded_images(index)
+            e = meta["episode_index"]
+            names = self._parquet_image_names()
+            table = self._read_table(e, list(names.values())) if names else None
             for key in self._image_map:
-                if key in encoded:
-                    steps[key] = np.stack([decode_image(b) for b in encoded[key]])
+                if key in names:
+                    steps[key] = np.stack([decode_image(self._image_bytes(v, names[key], e))
+                                           for v in table[names[key]].to_pylist()])
                 else:
                     steps[key] = self._video_frames(index, key, None)
         return Episode(steps=steps, prompt=prompt, metadata={"episode_index": meta["episode_index"]})
 
     def frame_images(self, index: int, frame: int) -> dict[str, np.ndarray]:
-        encoded = self._encoded_images(index)
+        """The images of one frame (only its row group is read, only this frame decoded)."""
+        encoded = self._frame_bytes(index, frame)
         out = {}
         for key in self._image_map:
             if key in encoded:
-                out[key] = decode_image(encoded[key][frame])
+                out[key] = decode_image(encoded[key])
             else:
                 out[key] = self._video_frames(index, key, [frame])[0]
         return out
@@ -312,7 +329,7 @@ def _write_episode(tmp: Path, e: int, ep: Episode, *, task_index: int, offset: i
     table["task_index"] = pa.array(np.full(T, task_index, dtype=np.int64))
     path = tmp / DATA_PATH.format(episode_chunk=chunk, episode_index=e)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(table), path)
+    pq.write_table(pa.table(table), path, row_group_size=IMAGE_ROW_GROUP_SIZE if keys and not video else None)
 
 
 def write_lerobot_dataset(

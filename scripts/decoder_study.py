@@ -36,6 +36,7 @@ class Arm:
     decoder: str  # "eqm" | "flow"
     settings: dict  # DecoderSettings fields (executed is set from --replan-every)
     variant: str = "default"  # EqM training variant (bench.EQM_TRAIN_VARIANTS)
+    model: str = "pi0"  # "pi0" | "pi05" (π₀.5: adaRMS expert, discrete state in the prompt, quantile norm)
 
 
 # Arms spell out every solver setting they depend on, so their meaning (and cached results) never follow a change of
@@ -55,6 +56,9 @@ ARMS: dict[str, Arm] = {
     "eqm-mix-10": Arm("eqm", {"preset": "action", **_FIRST}, "mix"),
     "eqm-real-10": Arm("eqm", {"preset": "action", **_FIRST}, "real"),
     "eqm-mix_real-10": Arm("eqm", {"preset": "action", **_FIRST}, "mix_real"),
+    # π₀.5 twins of the two default arms (same data, steps, seeds, episodes)
+    "pi05-flow-10": Arm("flow", {"max_iters": 10, "warm_start": "off"}, model="pi05"),
+    "pi05-eqm-cold-eta03-10": Arm("eqm", {"preset": "action", **_DEFAULT, "max_iters": 10}, model="pi05"),
 }
 DEFAULT_ARMS = ("flow-5", "flow-10", "flow-20", "flow-300", "eqm-5", "eqm-10", "eqm-20", "eqm-paper-300",
                 "eqm-cold-eta03-10")
@@ -62,8 +66,10 @@ DEFAULT_ARMS = ("flow-5", "flow-10", "flow-20", "flow-300", "eqm-5", "eqm-10", "
 PAIRS = (("eqm-cold-eta03-10", "eqm-paper-300"), ("eqm-cold-eta03-10", "flow-10"), ("eqm-10", "eqm-paper-300"), ("eqm-5", "flow-5"), ("eqm-10", "flow-10"), ("eqm-20", "flow-20"),
          ("eqm-paper-300", "flow-300"), ("eqm-bb-10", "eqm-10"), ("eqm-eta03-10", "eqm-10"), ("eqm-cold-10", "eqm-10"), ("eqm-cold-eta03-10", "eqm-cold-10"), ("eqm-cold-eta03-10-noguard", "eqm-cold-eta03-10"),
          ("eqm-cold-5", "eqm-cold-10"), ("eqm-mix-10", "eqm-10"), ("eqm-real-10", "eqm-10"),
-         ("eqm-mix_real-10", "eqm-10"))
-CONFIGS = {"eqm": "pi0_eqm_metaworld", "flow": "pi0_metaworld"}
+         ("eqm-mix_real-10", "eqm-10"), ("pi05-eqm-cold-eta03-10", "pi05-flow-10"),
+         ("pi05-flow-10", "flow-10"), ("pi05-eqm-cold-eta03-10", "eqm-cold-eta03-10"))
+CONFIGS = {("pi0", "eqm"): "pi0_eqm_metaworld", ("pi0", "flow"): "pi0_metaworld",
+           ("pi05", "eqm"): "pi05_eqm_metaworld", ("pi05", "flow"): "pi05_metaworld"}
 
 
 @dataclasses.dataclass
@@ -102,7 +108,7 @@ def run_arm(args: Args, name: str, seed: int, data_path: str) -> dict:
         if all(cached.get(k) == v for k, v in key.items()):
             return cached
     arm = ARMS[name]
-    cfg = bench.configure_run(CONFIGS[arm.decoder], data_path, exp_name=exp_name(arm, seed, args.train_steps), seed=seed,
+    cfg = bench.configure_run(CONFIGS[arm.model, arm.decoder], data_path, exp_name=exp_name(arm, seed, args.train_steps), seed=seed,
                               train_steps=args.train_steps, batch_size=args.batch_size,
                               checkpoint_base_dir=args.checkpoint_base_dir, assets_base_dir=args.assets_base_dir,
                               decoder_updates=bench.EQM_TRAIN_VARIANTS[arm.variant] if arm.decoder == "eqm" else None)

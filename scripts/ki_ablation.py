@@ -3,6 +3,7 @@
     uv run scripts/ki_ablation.py                                  # EqM and flow, each with and without KI
     uv run scripts/ki_ablation.py --arms eqm eqm_ki --episodes-per-task 10
     uv run scripts/ki_ablation.py --arms eqm_joint     # FAST loss without stop-gradient (no insulation)
+    uv run scripts/ki_ablation.py --arms pi05_eqm_ki pi05_eqm pi05_flow_ki pi05_flow   # the same on π₀.5
 
 Every arm trains with the same data, batch, steps, schedule and seed (``--exp-name ki_ablation``), keeps a checkpoint
 every ``--eval-every`` steps, and each kept step is evaluated closed loop on the same held-out configurations. The
@@ -25,7 +26,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 ARMS = {"eqm": "pi0_eqm_metaworld", "eqm_ki": "pi0_eqm_ki_metaworld", "flow": "pi0_metaworld",
         "flow_ki": "pi0_ki_metaworld",
         # the FAST loss without insulation (expert gradients reach the backbone): separates the two ingredients
-        "eqm_joint": "pi0_eqm_ki_metaworld", "flow_joint": "pi0_ki_metaworld"}
+        "eqm_joint": "pi0_eqm_ki_metaworld", "flow_joint": "pi0_ki_metaworld",
+        # π₀.5: the discretised state is in the prompt, so the insulated backbone sees the robot state
+        "pi05_eqm": "pi05_eqm_metaworld", "pi05_eqm_ki": "pi05_eqm_ki_metaworld", "pi05_flow": "pi05_metaworld",
+        "pi05_flow_ki": "pi05_ki_metaworld"}
 
 
 @dataclasses.dataclass

@@ -8,10 +8,12 @@ import textwrap
 
 import numpy as np
 
+from pi0_eqm.serving import PolicyServer
 from pi0_eqm.serving import packb
 from pi0_eqm.serving import unpackb
 from tests.serving.conftest import HORIZON
 from tests.serving.conftest import METADATA
+from tests.serving.conftest import StatePolicy
 from tests.serving.conftest import expected_actions
 
 CLIENT_SCRIPT = textwrap.dedent(
@@ -101,3 +103,33 @@ def test_real_openpi_client_against_server(served, openpi_client_python):
         back = unpackb(theirs)
         assert sorted(back) == sorted(obj)
     np.testing.assert_array_equal(unpackb(bytes.fromhex(report["packed"]["mixed"]))["c"], ["x", "yz"])
+
+
+API_KEY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from openpi_client import websocket_client_policy
+    port = int(sys.argv[1])
+    report = {}
+    for key in ("s3cret", "wrong", None):
+        try:
+            c = websocket_client_policy.WebsocketClientPolicy(host="127.0.0.1", port=port, api_key=key)
+            out = c.infer({"observation/state": np.ones(8, np.float32)})
+            report[str(key)] = list(out["actions"].shape)
+        except Exception as e:
+            report[str(key)] = type(e).__name__ + ": " + str(e)[:200]
+    print("REPORT " + json.dumps(report))
+    """
+)
+
+
+def test_real_openpi_client_api_key_header(openpi_client_python):
+    """openpi's client sends ``Authorization: Api-Key <key>`` when given ``api_key``; the server checks it."""
+    with PolicyServer(StatePolicy(), port=0, api_key="s3cret") as server:
+        proc = subprocess.run([openpi_client_python, "-c", API_KEY_SCRIPT, str(server.port)], capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("REPORT "))[len("REPORT "):])
+    assert report["s3cret"] == [HORIZON, 7]
+    assert "401" in report["wrong"] and "401" in report["None"], report

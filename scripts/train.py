@@ -1,5 +1,8 @@
 """Train a named config: ``uv run scripts/train.py <config> --exp-name=NAME [--resume | --overwrite] [--field=value]``.
 
+User errors (bad flags, an existing or locked run directory, bad data, a full disk, a NaN stop) print one paragraph
+and exit with code 2; ``--debug`` shows the traceback instead.
+
 Examples:
     uv run scripts/train.py debug_eqm --exp-name=try --overwrite        # tiny model, generated data, seconds on CPU
     uv run scripts/train.py pi0_eqm_libero --exp-name=run1 --batch-size=32 --fsdp-devices=4
@@ -26,23 +29,33 @@ def _setup() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _fail(e: BaseException) -> None:
+    """A user error: one paragraph on stderr, exit code 2 (``--debug`` shows the traceback instead)."""
+    print(f"error: {' '.join(str(e).split()) or type(e).__name__}\n(run with --debug for the traceback)", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    sys.argv = [a for a in sys.argv if a != "--debug"]
     _setup()
     from pi0_eqm.training import config as _config
     from pi0_eqm.training import loop
     from pi0_eqm.training.checkpoints import CheckpointRestoreError
-    from pi0_eqm.training.freeze import FreezeError
+    from pi0_eqm.training.checkpoints import CheckpointSaveError
+    from pi0_eqm.training.run_lock import RunLockedError
 
+    # ValueError covers the config, distributed (DistributedConfigError), freeze (FreezeError), data validation and
+    # checkpoint-mismatch errors; OSError covers missing files, existing run directories and a full disk.
+    user_errors = (ValueError, OSError, loop.NonFiniteLossError, CheckpointRestoreError, CheckpointSaveError,
+                   RunLockedError)
     try:
         cfg = _config.cli()
-    except ValueError as e:  # e.g. an unknown --model.decoder.kind
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    try:
         out = loop.train(cfg)
-    except (FileExistsError, FileNotFoundError, loop.NonFiniteLossError, CheckpointRestoreError, FreezeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except user_errors as e:
+        if debug:
+            raise
+        _fail(e)
     h = out["history"]
     if h:
         print(f"finished at step {out['last_step']}: loss {h[-1]['loss']:.4f}; checkpoints in {cfg.checkpoint_dir}")

@@ -171,6 +171,32 @@ class DataLoader:
             "shard_count": c.shard_count, "even_shards": c.even_shards,
         }  # fmt: skip
 
+    def state_problems(self, state: Any) -> list[str]:
+        """Why ``state`` cannot resume this loader (empty = it can): wrong format or types, settings or data that
+        differ from this loader's (length, batch size, seed, sharding...), or a position inconsistent with its
+        batch count."""
+        if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
+            return [f"not a DataLoader state (expected format {_STATE_FORMAT!r}): {str(state)[:200]}"]
+        problems = []
+        batches, saved, inner = state.get("batches"), state.get("fingerprint"), state.get("grain")
+        if not isinstance(batches, int) or isinstance(batches, bool) or batches < 0:
+            problems.append(f"'batches' must be a non-negative int, got {batches!r}")
+        if not isinstance(saved, Mapping):
+            problems.append(f"'fingerprint' must be a dict, got {saved!r}")
+        else:
+            diffs = {k: (saved.get(k), v) for k, v in self.fingerprint().items() if saved.get(k) != v}
+            if diffs:
+                detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
+                problems.append(f"its settings or data changed ({detail})")
+        next_index = inner.get("next_index") if isinstance(inner, Mapping) else None
+        if not isinstance(next_index, int) or isinstance(next_index, bool) or next_index < 0:
+            problems.append(f"'grain' must hold a non-negative int 'next_index', got {inner!r}")
+        elif not problems and self.config.num_epochs is None and self.config.drop_remainder \
+                and next_index != batches * self.config.batch_size:
+            problems.append(f"position next_index={next_index} does not match {batches} batches of "
+                            f"{self.config.batch_size} (expected {batches * self.config.batch_size})")
+        return problems
+
     def __iter__(self) -> LoaderIterator:
         return LoaderIterator(self)
 
@@ -202,12 +228,8 @@ class LoaderIterator:
 
     def set_state(self, state: Mapping) -> None:
         """Continue from ``state`` (from :meth:`get_state` of a loader with the same settings and data)."""
-        if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
-            raise ValueError(f"not a DataLoader state (expected format {_STATE_FORMAT!r}): {str(state)[:200]}")
-        saved, current = state["fingerprint"], self._loader.fingerprint()
-        diffs = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
-        if diffs:
-            detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
-            raise ValueError(f"cannot resume the data loader: its settings or data changed ({detail})")
+        problems = self._loader.state_problems(state)
+        if problems:
+            raise ValueError(f"cannot resume the data loader: {'; '.join(problems)}")
         self._it.set_state(state["grain"])
         self._batches = int(state["batches"])

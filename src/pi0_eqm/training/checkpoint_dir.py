@@ -33,6 +33,8 @@ from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
 from pi0_eqm.training.checkpoint_layout import COMMIT_MARKER
 from pi0_eqm.training.checkpoint_layout import DATA_STATE_FILE
 from pi0_eqm.training.checkpoint_layout import DATA_STATE_ITEM
+from pi0_eqm.training.checkpoint_layout import INTEGRITY_FILE
+from pi0_eqm.training.checkpoint_layout import INTEGRITY_ITEM
 from pi0_eqm.training.checkpoint_layout import PARAMS_ITEM
 from pi0_eqm.training.checkpoint_layout import TMP_DIR_MARKER
 from pi0_eqm.training.checkpoint_layout import TRAIN_CONFIG_FILE
@@ -187,6 +189,7 @@ def _make_manager(
             ASSETS_ITEM: NormStatsCheckpointHandler(),
             DATA_STATE_ITEM: ocp.JsonCheckpointHandler(filename=DATA_STATE_FILE),
             TRAIN_CONFIG_ITEM: ocp.JsonCheckpointHandler(filename=TRAIN_CONFIG_FILE),
+            INTEGRITY_ITEM: ocp.JsonCheckpointHandler(filename=INTEGRITY_FILE),
         },
         options=options,
     )

@@ -24,6 +24,8 @@ from pi0_eqm.training.checkpoint_layout import COMMIT_MARKER
 from pi0_eqm.training.checkpoint_layout import CORRUPT_MARKER
 from pi0_eqm.training.checkpoint_layout import DATA_STATE_FILE
 from pi0_eqm.training.checkpoint_layout import DATA_STATE_ITEM
+from pi0_eqm.training.checkpoint_layout import INTEGRITY_FILE
+from pi0_eqm.training.checkpoint_layout import INTEGRITY_ITEM
 from pi0_eqm.training.checkpoint_layout import PARAMS_ITEM
 from pi0_eqm.training.checkpoint_layout import STEP_METADATA_FILE
 from pi0_eqm.training.checkpoint_layout import TRAIN_CONFIG_FILE
@@ -67,8 +69,9 @@ def check_checkpoint_step(step_dir: str | os.PathLike) -> list[str]:
     """Structural problems of a saved step directory (empty list = looks complete).
 
     Checks the commit marker and step metadata, the ``params`` and ``train_state`` items (metadata, OCDBT
-    manifest, no empty data files) and that optional ``data_state``/``train_config``/``assets`` files parse. It does not read the
-    arrays; :func:`pi0_eqm.training.checkpoints.restore_state` does that and falls back on errors.
+    manifest, no empty data files) and that optional ``data_state``/``integrity``/``train_config``/``assets`` files
+    parse. It does not read the arrays; :func:`pi0_eqm.training.checkpoints.restore_state` does that (and verifies
+    their checksums) and falls back on errors.
     """
     step_dir = Path(step_dir)
     if not step_dir.is_dir():
@@ -83,6 +86,9 @@ def check_checkpoint_step(step_dir: str | os.PathLike) -> list[str]:
     data_dir = step_dir / DATA_STATE_ITEM
     if data_dir.exists() and (p := _json_problem(data_dir / DATA_STATE_FILE)) is not None:
         problems.append(f"{DATA_STATE_ITEM}/: {p}")
+    integrity_dir = step_dir / INTEGRITY_ITEM
+    if integrity_dir.exists() and (p := _json_problem(integrity_dir / INTEGRITY_FILE)) is not None:
+        problems.append(f"{INTEGRITY_ITEM}/: {p}")
     config_dir = step_dir / TRAIN_CONFIG_ITEM
     if config_dir.exists() and (p := _json_problem(config_dir / TRAIN_CONFIG_FILE)) is not None:
         problems.append(f"{TRAIN_CONFIG_ITEM}/: {p}")

@@ -6,6 +6,7 @@
     <ckpt_dir>/<step>/assets/<asset_id>/norm_stats.json     openpi format (pi0_eqm.data.normalize)
     <ckpt_dir>/<step>/data_state/data_state.json            data-iterator state (JSON)
     <ckpt_dir>/<step>/train_config/train_config.json        the train config of the run (pi0_eqm.training.config_record)
+    <ckpt_dir>/<step>/integrity/checksums.json              per-array checksums (pi0_eqm.training.checkpoint_checksums)
 
 ``<step>/params`` is readable by openpi's ``restore_params`` and by a bare ``ocp.PyTreeCheckpointer().restore``.
 Interrupted saves leave ``<step>.orbax-checkpoint-tmp*`` directories; unreadable steps set aside by
@@ -25,6 +26,8 @@ __all__ = [
     "CORRUPT_MARKER",
     "DATA_STATE_FILE",
     "DATA_STATE_ITEM",
+    "INTEGRITY_FILE",
+    "INTEGRITY_ITEM",
     "PARAMS_ITEM",
     "STEP_METADATA_FILE",
     "TMP_DIR_MARKER",
@@ -39,6 +42,8 @@ ASSETS_ITEM = "assets"
 DATA_STATE_ITEM = "data_state"
 DATA_STATE_FILE = "data_state.json"
 TRAIN_CONFIG_ITEM = "train_config"
+INTEGRITY_ITEM = "integrity"
+INTEGRITY_FILE = "checksums.json"
 TRAIN_CONFIG_FILE = "train_config.json"
 COMMIT_MARKER = "commit_success.txt"
 STEP_METADATA_FILE = "_CHECKPOINT_METADATA"

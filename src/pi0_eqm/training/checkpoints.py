@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 import logging
 from pathlib import Path
+import re
 import weakref
 
 import jax
@@ -31,6 +32,8 @@ from pi0_eqm.training.checkpoint_assets import NormStatsSave
 from pi0_eqm.training.checkpoint_assets import restore_norm_stats
 from pi0_eqm.training.checkpoint_assets import validate_data_state
 from pi0_eqm.training.checkpoint_assets import validate_norm_stats
+from pi0_eqm.training.checkpoint_checksums import array_record
+from pi0_eqm.training.checkpoint_checksums import verify
 from pi0_eqm.training.checkpoint_dir import initialize_checkpoint_dir
 from pi0_eqm.training.checkpoint_dir import on_primary
 from pi0_eqm.training.checkpoint_dir import release_run_dir
@@ -39,6 +42,7 @@ from pi0_eqm.training.checkpoint_integrity import quarantine
 from pi0_eqm.training.checkpoint_integrity import tree_mismatches
 from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
 from pi0_eqm.training.checkpoint_layout import DATA_STATE_ITEM
+from pi0_eqm.training.checkpoint_layout import INTEGRITY_ITEM
 from pi0_eqm.training.checkpoint_layout import PARAMS_ITEM
 from pi0_eqm.training.checkpoint_layout import TMP_DIR_MARKER
 from pi0_eqm.training.checkpoint_layout import TRAIN_CONFIG_ITEM
@@ -50,6 +54,7 @@ from pi0_eqm.training.params_io import save_params
 from pi0_eqm.training.train_step import TrainState
 
 __all__ = [
+    "CheckpointIntegrityError",
     "CheckpointMismatchError",
     "CheckpointRestoreError",
     "CheckpointSaveError",
@@ -82,6 +87,15 @@ class CheckpointRestoreError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's tree (paths/shapes) does not match the state it is restored into."""
+
+
+class CheckpointIntegrityError(RuntimeError):
+    """A step's arrays read back differ from its saved checksums, hold non-finite values, or its data state is
+    unusable; ``problems`` lists each finding."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -162,6 +176,7 @@ def save_state(
     args = {
         PARAMS_ITEM: ocp.args.PyTreeSave(params_item),
         TRAIN_STATE_ITEM: ocp.args.PyTreeSave(train_state_item),
+        INTEGRITY_ITEM: ocp.args.JsonSave(array_record({PARAMS_ITEM: params_item, TRAIN_STATE_ITEM: train_state_item})),
     }
     if norm_stats:
         args[ASSETS_ITEM] = NormStatsSave(norm_stats, asset_dirs)
@@ -213,7 +228,7 @@ def _abstract_items(abstract_state: TrainState) -> tuple[dict, dict, bool]:
     return params_item, train_state_item, ema
 
 
-def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState):
+def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState, data_state_check=None):
     step_dir = Path(str(manager.directory)) / str(step)
     params_item, train_state_item, ema = _abstract_items(abstract_state)
 
@@ -234,11 +249,21 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Tra
         PARAMS_ITEM: ocp.args.PyTreeRestore(item=params_item, restore_args=_restore_args(params_item)),
         TRAIN_STATE_ITEM: ocp.args.PyTreeRestore(item=train_state_item, restore_args=_restore_args(train_state_item)),
     }
-    if (step_dir / DATA_STATE_ITEM).is_dir():
-        args[DATA_STATE_ITEM] = ocp.args.JsonRestore()
+    for item in (DATA_STATE_ITEM, INTEGRITY_ITEM):
+        if (step_dir / item).is_dir():
+            args[item] = ocp.args.JsonRestore()
     restored = manager.restore(step, args=ocp.args.Composite(**args))
     jax.block_until_ready(restored[PARAMS_ITEM])
     jax.block_until_ready(restored[TRAIN_STATE_ITEM])
+    arrays = {PARAMS_ITEM: restored[PARAMS_ITEM], TRAIN_STATE_ITEM: restored[TRAIN_STATE_ITEM]}
+    problems = verify(arrays, restored[INTEGRITY_ITEM] if INTEGRITY_ITEM in args else None)
+    data_state = restored[DATA_STATE_ITEM] if DATA_STATE_ITEM in args else None
+    if data_state is not None and data_state_check is not None:
+        problems += [f"{DATA_STATE_ITEM}: {p}" for p in data_state_check(data_state)]
+    if problems:
+        shown = problems[:_MAX_LISTED] + ([f"... {len(problems) - _MAX_LISTED} more"] if len(problems) > _MAX_LISTED
+                                          else [])
+        raise CheckpointIntegrityError(shown)
     ts = restored[TRAIN_STATE_ITEM]
     loaded = restored[PARAMS_ITEM]["params"]
     state = TrainState(
@@ -251,17 +276,26 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Tra
     saved_step = int(jax.device_get(ts["step"]))
     if saved_step != step:
         logger.warning("checkpoint directory %s holds train state step %d", step_dir, saved_step)
-    data_state = restored[DATA_STATE_ITEM] if DATA_STATE_ITEM in args else None
     return state, data_state
 
 
+def _clean(e: BaseException) -> str:
+    """``str(e)`` on one line without TensorStore's spec dump (a pybind11 'bound method' repr)."""
+    text = re.split(r"\s*See full TensorStore details:", str(e), maxsplit=1)[0]
+    text = re.sub(r"<bound method [^>]*>|TensorStore\(\{.*", "", text, flags=re.S)
+    return " ".join(text.split())
+
+
 def _short(e: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(e).split())
+    text = _clean(e)
+    cause = e.__cause__ or e.__context__
+    if cause is not None and (detail := _clean(cause)) and detail not in text:
+        text = f"{text} ({type(cause).__name__}: {detail})"
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def restore_state(
-    manager: ocp.CheckpointManager, abstract_state: TrainState, *, step: int | None = None
+    manager: ocp.CheckpointManager, abstract_state: TrainState, *, step: int | None = None, data_state_check=None
 ) -> tuple[TrainState, dict | None, int]:
     """Restore ``(state, data_state, step)`` from the latest complete step (or exactly ``step``).
 
@@ -269,8 +303,10 @@ def restore_state(
     ``jax.ShapeDtypeStruct`` (with ``sharding`` for sharded restore; none → replicated). EMA is restored iff
     ``abstract_state.ema_params`` is not None. ``data_state`` is None if the step has none.
 
-    With ``step=None`` a truncated/partial/unreadable latest step is skipped with a warning and the previous
-    complete step is used; the skipped newer steps are renamed ``<step>.corrupt-<time>``. A tree mismatch
+    The arrays read back are verified against the step's checksums and must be finite, and its data state must pass
+    ``data_state_check(data_state) -> list of problems`` (when given), else the step is unusable
+    (:class:`CheckpointIntegrityError`). With ``step=None`` a truncated/partial/unreadable/unusable latest step is
+    skipped with a warning and the previous complete step is used; the skipped newer steps are renamed ``<step>.corrupt-<time>``. A tree mismatch
     (different model/optimizer) raises :class:`CheckpointMismatchError` without fallback.
     """
     wait_until_saved(manager)
@@ -293,9 +329,11 @@ def restore_state(
         problems = check_checkpoint_step(directory / str(candidate))
         if not problems:
             try:
-                state, data_state = _restore_step(manager, candidate, abstract_state)
+                state, data_state = _restore_step(manager, candidate, abstract_state, data_state_check)
             except CheckpointMismatchError:
                 raise
+            except CheckpointIntegrityError as e:
+                problems = e.problems
             except Exception as e:  # noqa: BLE001 - any read error means the step is unusable
                 problems = [f"restore failed: {type(e).__name__}: {_short(e)}"]
         if problems:

@@ -15,9 +15,11 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from pi0_eqm.atomic import atomic_write_bytes
 from pi0_eqm.data.chunking import ChunkedDataset
 from pi0_eqm.data.loader import DataLoader
 from pi0_eqm.decoders import make_decoder
@@ -80,8 +82,13 @@ def split_batch(batch: dict):
 
 
 class _StopFlag:
-    def __init__(self):
+    """SIGTERM/SIGINT ask the loop to stop after the current step and save. A second Ctrl-C while a checkpoint
+    save is in progress (``saving()``) waits for the save; otherwise, or on a third, it raises KeyboardInterrupt."""
+
+    def __init__(self, saving=lambda: False):
         self.signal: int | None = None
+        self.saving = saving
+        self._interrupts = 0
         self._old = {}
 
     def __enter__(self):
@@ -94,7 +101,12 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: give up immediately
+            self._interrupts += 1
+            if self._interrupts == 1 and self.saving():
+                logger.warning("a checkpoint save is in progress: waiting for it to finish (Ctrl-C again aborts it, "
+                               "losing that checkpoint)")
+                return
+            raise KeyboardInterrupt  # give up immediately
         self.signal = signum
         logger.warning("received signal %d: finishing the current step and saving a checkpoint", signum)
 
@@ -106,6 +118,47 @@ class _StopFlag:
 def _log_line(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Rewrite ``metrics.jsonl`` (atomically) as an uninterrupted run up to ``last_step`` would have left it: one
+    record per step (the last written), none after ``last_step``, no torn lines."""
+    if not path.is_file():
+        return
+    records: dict[int, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and step <= last_step:
+            records[step] = json.dumps(record)
+    atomic_write_bytes(path, "".join(records[s] + "\n" for s in sorted(records)).encode())
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _non_finite_error(what: str, step: int, manager, checkpoint_dir: Path) -> NonFiniteLossError:
+    """The error of a non-finite loss or params at (1-based) ``step``, naming the last committed checkpoint only
+    after the pending asynchronous save has finished."""
+    note = ""
+    try:
+        _ckpt.wait_until_saved(manager)
+    except _ckpt.CheckpointSaveError as e:
+        note = f" (the checkpoint save in progress failed: {e})"
+    manager.reload()
+    committed = manager.latest_step()
+    kept = (f"The last good checkpoint in {checkpoint_dir} is step {committed}; --resume continues from it"
+            if committed is not None else f"No checkpoint of this run was committed in {checkpoint_dir}")
+    return NonFiniteLossError(
+        f"{what} at step {step} (as numbered in metrics.jsonl); stopping without saving this state. {kept}{note}. "
+        "Lower the learning rate or check the norm stats for near-constant dimensions."
+    )
 
 
 def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None = None) -> dict:
@@ -128,7 +181,7 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
         return init_train_state(params, tx, train_rng, ema=config.ema_decay is not None, partition=partition)
 
     abstract = jax.eval_shape(init_state)
-    state_sharding = _sharding.fsdp_sharding(abstract, mesh)
+    state_sharding = _sharding.fsdp_sharding(abstract, mesh, min_size_mbytes=config.fsdp_min_size_mbytes)
     manager, resuming = _ckpt.initialize_checkpoint_dir(
         config.checkpoint_dir, keep_period=config.keep_period, max_to_keep=config.max_to_keep,
         overwrite=config.overwrite, resume=config.resume, async_save=config.async_checkpoint,
@@ -140,7 +193,8 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
     if resuming:
         abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                         abstract, state_sharding)
-        state, data_state, start = _ckpt.restore_state(manager, abstract_sharded)
+        state, data_state, start = _ckpt.restore_state(manager, abstract_sharded,
+                                                       data_state_check=loader.state_problems)
         if data_state is not None:
             data_iter.set_state(data_state)
         logger.info("resumed from step %d of %s", start, config.checkpoint_dir)
@@ -161,6 +215,8 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
 
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.checkpoint_dir / "metrics.jsonl"
+    if resuming and process_index == 0:
+        _truncate_metrics(log_path, start)
     norm_stats = {data_cfg.asset_id: data_cfg.norm_stats} if data_cfg.norm_stats else None
     # The fitted FAST tokenizer travels with every checkpoint step (assets/<asset_id>/fast_tokenizer/).
     fast_dir = config.assets_dir / str(data_cfg.asset_id) / FAST_TOKENIZER_DIR
@@ -176,7 +232,7 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
 
     history, t_last, n_since = [], time.perf_counter(), 0
     step = start
-    with _StopFlag() as stop, jax.set_mesh(mesh):
+    with _StopFlag(saving=manager.is_saving_in_progress) as stop, jax.set_mesh(mesh):
         pbar = tqdm(range(start, config.num_train_steps), initial=start, total=config.num_train_steps,
                     disable=not progress or process_index != 0, desc=config.name)
         for step in pbar:
@@ -186,11 +242,10 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
             new_state, metrics = step_fn(state, obs, actions, is_pad)
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss} at step {step}; stopping without saving this state. The last good checkpoint "
-                    f"in {config.checkpoint_dir} is kept (step {manager.latest_step()}). Lower the learning rate or "
-                    "check the norm stats for near-constant dimensions."
-                )
+                raise _non_finite_error(f"loss is {loss}", step + 1, manager, config.checkpoint_dir)
+            if not bool(_all_finite(new_state.params)):
+                raise _non_finite_error("the params hold NaN or infinite values", step + 1, manager,
+                                        config.checkpoint_dir)
             state = new_state
             n_since += 1
             done = step + 1

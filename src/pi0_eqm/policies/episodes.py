@@ -9,9 +9,9 @@ request with the session's previous one and names the first signal that marks a 
   reset takes longer than executing a few actions, on any machine;
 * ``"state"``: some state dim moved more than ``state_jump`` in normalized units (standard deviations of the
   training data) since the previous request (a reset teleports the robot back to its start pose). Off by default: on
-  openpi's LIBERO loop with a random-action policy it did not separate episode starts (3.05–3.50 std) from steps
-  inside an episode (up to 3.24 std), while the gap did (starts 7.4–15.7× the median gap, steps at most 2.0×;
-  ``scripts/episode_detection_study.py``).
+  openpi's LIBERO loop with a random-action policy it did not separate episode starts (2.75–3.92 std) from steps
+  inside an episode (up to 3.24 std), while the gap did (starts 3.9–34× the session's median gap, steps at most
+  2.0×; three runs of ``scripts/episode_detection_study.py``).
 
 ``None`` disables a signal. Our own client can always say it explicitly (``{"__control__": "reset"}``).
 """
@@ -28,7 +28,7 @@ import numpy as np
 class EpisodeDetection:
     prompt_change: bool = True
     gap_s: float | None = 10.0
-    gap_factor: float | None = 4.0
+    gap_factor: float | None = 2.5
     gap_min_s: float = 0.25
     state_jump: float | None = None
 

@@ -23,7 +23,6 @@ import time
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
-import tyro  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -54,9 +54,9 @@ class Args:
 
 
 def build_server(args: Args):
+    from pi0_eqm.policies.policy import RequestCaps
     from pi0_eqm.policies.policy_config import create_trained_policy
     from pi0_eqm.policies.policy_config import resolve_checkpoint
-    from pi0_eqm.policies.policy import RequestCaps
     from pi0_eqm.serving.server import PolicyServer
     from pi0_eqm.serving.server import bind_socket
 

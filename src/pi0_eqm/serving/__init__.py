@@ -1,5 +1,5 @@
 """openpi-compatible policy serving: wire codec (``wire``), observation schemas (``schema``), the websocket server
-(``server``) and a bounded load generator (``load``)."""
+(``server``), micro-batching across its connections (``batcher``) and a bounded load generator (``load``)."""
 
 from pi0_eqm.serving.schema import ArraySpec
 from pi0_eqm.serving.schema import ImageSpec

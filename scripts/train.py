@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 import sys
 
+from absl import logging as absl_logging
+
 
 def _setup() -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
@@ -29,6 +31,29 @@ def _setup() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class _NoOrbaxErrors(logging.Filter):
+    """Drops orbax's ERROR records (each failed background save thread logs its traceback); the
+    CheckpointSaveError raised in the main thread carries the cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def _quiet_failed_saves() -> None:
+    """Without --debug, a failed save (e.g. a full disk) reads as one error: orbax's per-thread error logs are
+    dropped, and so are the 'Event loop is closed' errors that TensorStore write callbacks of the failed save
+    raise after orbax closed its event loop (reported through ``sys.unraisablehook``)."""
+    absl_logging.get_absl_logger().addFilter(_NoOrbaxErrors())
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def _fail(e: BaseException) -> None:
     """A user error: one paragraph on stderr, exit code 2 (``--debug`` shows the traceback instead)."""
     print(f"error: {' '.join(str(e).split()) or type(e).__name__}\n(run with --debug for the traceback)", file=sys.stderr)
@@ -39,6 +64,8 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:]
     sys.argv = [a for a in sys.argv if a != "--debug"]
     _setup()
+    if not debug:
+        _quiet_failed_saves()
     from pi0_eqm.training import config as _config
     from pi0_eqm.training import loop
     from pi0_eqm.training.checkpoints import CheckpointRestoreError

@@ -149,16 +149,16 @@ def _metaworld(name: str, decoder, preset: str = "pi0_metaworld") -> TrainConfig
 
 def _libero_cpu(name: str, decoder) -> TrainConfig:
     """LIBERO sized for a CPU: the embedded benchmark's 0.7M-parameter model on the agent and wrist views at 64 px,
-    H = 16, the LIBERO transform stack with absolute (un-shifted) delta-pose actions, 1500 steps of batch 32."""
+    H = 16, the LIBERO transform stack with absolute (un-shifted) delta-pose actions, 1000 steps of batch 32."""
     return TrainConfig(
         name=name,
         model=model_config("pi0_metaworld", decoder, real_action_dim=7, max_token_len=_LIBERO_PROMPT_TOKENS),
         data=dataclasses.replace(_LIBERO_DATA, path="lerobot/libero_object_scripted", extra_delta_transform=False),
-        lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=1500, decay_lr=1e-4),
+        lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=1000, decay_lr=1e-4),
         optimizer=AdamW(weight_decay=1e-10),
         ema_decay=0.99,
         batch_size=32,
-        num_train_steps=1500,
+        num_train_steps=1000,
         log_interval=50,
         save_interval=500,
         keep_period=None,

@@ -145,6 +145,17 @@ def test_user_errors_are_one_paragraph_and_exit_2(guard, args, env, match):
     assert "Traceback" not in out.stderr and match in " ".join(out.stderr.split()), out.stderr[-3000:]
 
 
+@pytest.mark.slow
+def test_truncated_norm_stats_is_one_paragraph_and_exit_2(guard, tmp_path_factory):
+    assets = tmp_path_factory.mktemp("assets")
+    stats = assets / "debug_libero" / "physical-intelligence" / "libero" / "norm_stats.json"
+    stats.parent.mkdir(parents=True)
+    stats.write_text('{"norm_stats": {"state": {"mean": [0.1, ')
+    out = _train_cli("debug_libero", f"--checkpoint-base-dir={guard}", f"--assets-base-dir={assets}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "norm_stats.json is not valid JSON" in out.stderr and "truncated" in out.stderr, out.stderr[-3000:]
+
+
 def _tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True)
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],

@@ -97,6 +97,10 @@ class ChunkedDataset:
             self._low[episode] = entry
         return entry
 
+    def episode_arrays(self, episode: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """``(state [T, S], actions [T, A], prompt)`` of an episode as training reads them (float32, cached)."""
+        return self._low_dim(episode)
+
     def sample(self, episode: int, frame: int, *, images: bool | None = None) -> dict:
         state, actions, prompt = self._low_dim(episode)
         chunk, is_pad = chunk_actions(actions, frame, self.horizon)

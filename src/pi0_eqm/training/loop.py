@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pi0_eqm.atomic import atomic_write_bytes
 from pi0_eqm.data.chunking import ChunkedDataset
 from pi0_eqm.data.loader import DataLoader
+from pi0_eqm.data.validation import validate_dataset
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
 from pi0_eqm.models.observation import Observation
@@ -54,6 +55,10 @@ def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count:
     else:
 
         source = ChunkedDataset(config.data.open_source(), config.model.action_horizon)
+        spec = config.data.spec()
+        validate_dataset(source, state_dim=spec.state_dim, action_dim=spec.action_dim,
+                         image_keys=[c.sample_key for c in spec.cameras if c.lerobot_feature is not None],
+                         where=f"dataset {config.data.resolved_path()}")
         if data_cfg.norm_stats is None:
             raise FileNotFoundError(
                 f"no norm stats for asset {data_cfg.asset_id!r} under {config.assets_dir}; run "

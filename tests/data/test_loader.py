@@ -111,12 +111,30 @@ def test_shards_are_disjoint_and_cover(n):
         shards.append([i for b in loader for i in b["id"].tolist()])
     flat = [i for s in shards for i in s]
     assert len(flat) == len(set(flat)) == n  # disjoint and covering
-    # Sharding slices one global stream: the union does not depend on the host count.
+    # Sharding cuts one global stream into blocks: the shards' k-th batches, concatenated, are the k-th global batch.
     single = [i for b in DataLoader(Frames(n), batch_size=1, seed=5, num_epochs=1) for i in b["id"].tolist()]
-    assert sorted(single) == sorted(flat) and shards[0] == single[0::count]
-
+    assert sorted(single) == sorted(flat)
+    assert shards[0] == [i for k in range(0, n, 2 * count) for i in single[k:k + 2]]
     even = [len(DataLoader(Frames(n), batch_size=1, num_epochs=1, shard_index=i, shard_count=count)) for i in range(count)]
     assert len(set(even)) == 1 and even[0] == n // count  # equal lengths so no host waits on another
+
+
+def test_global_batches_do_not_depend_on_the_shard_count():
+    """With a random transform too: the same samples, in the same order, with the same augmentation."""
+    def noisy(sample, rng):
+        return {**sample, "noise": rng.normal()}
+
+    def global_batches(count, steps=7):
+        iters = [iter(DataLoader(Frames(10), batch_size=12 // count, seed=4, shard_index=i, shard_count=count,
+                                 random_transform=noisy)) for i in range(count)]
+        return [{k: np.concatenate([next_b[k] for next_b in parts]) for k in ("id", "noise")}
+                for parts in ([next(it) for it in iters] for _ in range(steps))]
+
+    one = global_batches(1)
+    for count in (2, 3, 4):
+        for a, b in zip(one, global_batches(count), strict=True):
+            np.testing.assert_array_equal(a["id"], b["id"])
+            np.testing.assert_array_equal(a["noise"], b["noise"])
 
 
 def test_infinite_shards_are_disjoint_per_epoch():

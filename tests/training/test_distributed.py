@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 import socket
 import subprocess
 import sys
@@ -184,3 +185,37 @@ def test_two_process_train_step_matches_single_process(tmp_path):
     assert info["process_count"] == 2 and info["mesh"] == {"data": 2, "fsdp": 2}
     assert info["put_roundtrip_equal"] and info["out_specs_equal"]
     assert sum("fsdp" in v for v in info["specs"].values()) >= 10
+
+
+# ---- the training loop: the same losses for 1 and 2 processes ----------------------------------------------------
+
+_TRAIN = [sys.executable, "scripts/train.py", "debug_eqm", "--model.image-resolution", "16", "16",
+          "--model.action-horizon=4", "--num-train-steps=6", "--save-interval=6", "--log-interval=1",
+          "--fsdp-devices=2", "--fsdp-min-size-mbytes=0"]
+
+
+def _losses(run_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_process_training_losses_equal_one_process(tmp_path):
+    """scripts/train.py, 1 process x 2 devices vs 2 processes x 1 device (loopback, gloo), FSDP over 2 devices with
+    the size threshold at 0 so the tiny model's params are really sharded: the global batches are the same, so the
+    losses agree to float rounding."""
+    repo = Path(__file__).resolve().parents[2]
+    one = subprocess.run([*_TRAIN, "--exp-name=one", f"--checkpoint-base-dir={tmp_path}"], cwd=repo,
+                         env=common.worker_env(2), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = free_port()
+    procs = [subprocess.Popen([*_TRAIN, "--exp-name=two", f"--checkpoint-base-dir={tmp_path}"], cwd=repo,
+                              env=common.worker_env(1, PI0_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                    PI0_NUM_PROCESSES="2", PI0_PROCESS_ID=str(i),
+                                                    JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    a, b = _losses(tmp_path / "debug_eqm" / "one"), _losses(tmp_path / "debug_eqm" / "two")
+    assert len(a) == len(b) == 6
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

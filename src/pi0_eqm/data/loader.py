@@ -5,12 +5,15 @@ Pipeline (grain ``MapDataset``; every step is a pure function of the element ind
     source (len + getitem, e.g. ChunkedDataset)
       -> shuffle(seed)            global permutation, reshuffled every epoch (seed + epoch)
       -> repeat(num_epochs)       None = forever
-      -> [shard_index::shard_count]   host h takes every shard_count-th element of the global stream
-      -> map(transform) / random_map(random_transform, seed)
+      -> map(transform) / random_map(random_transform, seed)   seeded by the global element index
+      -> shard: of each global batch of batch_size * shard_count consecutive elements, shard s takes the
+         block [s * batch_size, (s + 1) * batch_size)
       -> threads prefetch -> batch(batch_size, drop_remainder) -> dict of stacked numpy arrays
 
-Because sharding slices one global stream, the hosts' shards are disjoint and, per epoch, cover the data, and the
-union of the hosts' batches does not depend on the host count. The iterator state is a small JSON-serializable dict;
+Because sharding cuts one global stream into consecutive blocks, the hosts' shards are disjoint and, per epoch,
+cover the data, and the concatenation of the shards' ``k``-th batches (in shard order) is the ``k``-th batch of a
+single loader with the global batch size: the global batch sequence, its order and its augmentations do not
+depend on the host count. The iterator state is a small JSON-serializable dict;
 ``set_state`` on a fresh iterator resumes with exactly the batches the old one would have produced next.
 """
 
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 import dataclasses
+import sys
 from typing import Any
 
 import grain
@@ -134,27 +138,37 @@ class DataLoader:
         if c.shuffle:
             ds = ds.shuffle(seed=c.seed)
         ds = ds.repeat(c.num_epochs)
-        if c.shard_count > 1:
-            stop = len(ds) // c.shard_count * c.shard_count if c.num_epochs is not None and c.even_shards else None
-            ds = ds[c.shard_index : stop : c.shard_count]
-        if c.num_epochs is not None and len(ds) < c.batch_size and c.drop_remainder:
-            raise ValueError(f"this shard has {len(ds)} samples, fewer than batch_size={c.batch_size}: no full batch")
         if self._transform is not None:
             ds = ds.map(self._transform)
         if self._random_transform is not None:
             ds = ds.random_map(self._random_transform, seed=c.seed)
+        if c.shard_count > 1:
+            ds = self._shard(ds)
+        if c.num_epochs is not None and len(ds) < c.batch_size and c.drop_remainder:
+            raise ValueError(f"this shard has {len(ds)} samples, fewer than batch_size={c.batch_size}: no full batch")
         prefetch = c.prefetch_buffer_size if c.prefetch_buffer_size is not None else 2 * c.batch_size
         read = grain.ReadOptions(num_threads=c.num_threads, prefetch_buffer_size=prefetch if c.num_threads else 0)
         return ds.to_iter_dataset(read).batch(c.batch_size, drop_remainder=c.drop_remainder, batch_fn=self._batch_fn)
+
+    def _shard(self, ds):
+        c = self.config
+        n = self.samples_per_shard()
+        size, offset = c.batch_size * c.shard_count, c.shard_index * c.batch_size
+        return grain.MapDataset.range(sys.maxsize if n is None else n).map(
+            lambda j: ds[j // c.batch_size * size + offset + j % c.batch_size])
 
     def samples_per_shard(self) -> int | None:
         """Samples this shard sees in total (None when repeating forever)."""
         if self.config.num_epochs is None:
             return None
         c, total = self.config, self.num_samples * self.config.num_epochs
-        if c.even_shards:
-            return total // c.shard_count
-        return len(range(c.shard_index, total, c.shard_count))
+        size = c.batch_size * c.shard_count
+        full = total // size * c.batch_size
+
+        def tail(shard: int) -> int:  # its part of the last, partial global batch
+            return min(max(total % size - shard * c.batch_size, 0), c.batch_size)
+
+        return full + tail(c.shard_count - 1 if c.even_shards else c.shard_index)
 
     def __len__(self) -> int:
         n = self.samples_per_shard()

@@ -192,7 +192,8 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
         overwrite=config.overwrite, resume=config.resume, async_save=config.async_checkpoint,
         base_dir=config.checkpoint_base_dir,
     )
-    loader = make_loader(config, data_cfg, shard_index=process_index, shard_count=process_count)
+    block, blocks = _sharding.process_batch_block(mesh)  # the global batches do not depend on the process count
+    loader = make_loader(config, data_cfg, shard_index=block, shard_count=blocks)
     data_iter = iter(loader)
 
     if resuming:
@@ -205,10 +206,10 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
         logger.info("resumed from step %d of %s", start, config.checkpoint_dir)
     else:
         state = jax.jit(init_state, out_shardings=state_sharding)()
-        params = config.weight_loader.load(jax.device_get(state.params))
-        state = jax.device_put(state.replace(params=params,
-                                             ema_params=params if config.ema_decay is not None else None),
-                               state_sharding)
+        params = config.weight_loader.load(_sharding.gather_to_host(state.params))  # multi-host: every process
+        state = _sharding.shard_train_state(
+            state.replace(params=params, ema_params=params if config.ema_decay is not None else None), mesh,
+            shardings=state_sharding)
         start = 0
 
     data_sharding = _sharding.data_sharding(mesh)

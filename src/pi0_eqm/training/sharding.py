@@ -199,6 +199,20 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     return global_batch_size // data_parallel_size(mesh) * n_local
 
 
+def process_batch_block(mesh: Mesh) -> tuple[int, int]:
+    """``(block, count)``: this process's rows of every global batch are block ``block`` of ``count`` equal,
+    consecutive blocks (where :func:`global_batch_from_local` puts them). Feed its loader that block of the global
+    stream (``DataLoader(shard_index=block, shard_count=count)``) and the global batches are the same for any
+    process count. Raises :class:`ValueError` if the mesh gives a process non-consecutive rows."""
+    n = data_parallel_size(mesh)
+    rows = sorted(idx[0].start or 0 for idx in data_sharding(mesh).addressable_devices_indices_map((n,)).values())
+    if not rows:
+        raise ValueError("this process has no devices in the mesh")
+    if rows != list(range(rows[0], rows[0] + len(rows))) or rows[0] % len(rows) or n % len(rows):
+        raise ValueError(f"the mesh gives this process the non-consecutive batch rows {rows} of {n}")
+    return rows[0] // len(rows), n // len(rows)
+
+
 def global_batch_from_local(local_batch: Any, mesh: Mesh, sharding: NamedSharding | None = None) -> Any:
     """Assembles each process's numpy batch (a pytree; leading axis = local batch) into global ``jax.Array``\\ s.
 
@@ -253,6 +267,7 @@ __all__ = [
     "init_sharded",
     "jit_train_step",
     "local_batch_size",
+    "process_batch_block",
     "make_mesh",
     "replicated",
     "shard_train_state",

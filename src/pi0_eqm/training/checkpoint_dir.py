@@ -159,7 +159,7 @@ def latest_step_dir(checkpoint: str | os.PathLike) -> Path:
     if (checkpoint / PARAMS_ITEM).exists():
         return checkpoint
     if not checkpoint.is_dir():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass a run directory "
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (no params/ there); pass a run directory "
                                 "(checkpoints/<config>/<exp>), one of its step directories or an exported checkpoint")
     committed = [s for s, p in step_dirs(checkpoint).items()
                  if (p / COMMIT_MARKER).is_file() and (p / PARAMS_ITEM).exists()]

@@ -1,8 +1,7 @@
 """A vla-eval model server (allenai's ``vla-eval`` harness, PyPI, Apache-2.0) running a pi0_eqm checkpoint.
 
-    uv pip install vla-eval==0.8.0   # not a project dependency; it resolves beside ours (same numpy, msgpack,
-                                     # websockets versions)
-    uv run examples/vla_eval/pi0_eqm_server.py --args.checkpoint checkpoints/<config>/<run> --port 8001
+    uv sync --extra vla-eval   # the optional extra (vla-eval 0.8.0, locked beside the project's deps)
+    uv run --extra vla-eval examples/vla_eval/pi0_eqm_server.py --args.checkpoint checkpoints/<config>/<run> --port 8001
 
 The harness's simulator shards connect over its own websocket protocol (HELLO / EPISODE_START / OBSERVATION /
 ACTION); its ``PredictModelServer`` collects observations from concurrent shards into batches (``max_batch_size``,

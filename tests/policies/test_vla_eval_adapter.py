@@ -1,7 +1,7 @@
 """examples/vla_eval/pi0_eqm_server.py under vla-eval's own model-server runner, driven over its websocket protocol
 by three concurrent "shards": batched replies, one action per observation, and a reset on every EPISODE_START.
 
-Needs ``vla-eval`` (not a project dependency: ``uv pip install vla-eval==0.8.0``); skipped without it."""
+Needs ``vla-eval`` (``uv sync --extra vla-eval``, as CI does); skipped without it."""
 
 import importlib.util
 import socket
@@ -16,7 +16,7 @@ from tests.policies.conftest import libero_obs
 from tests.serving.conftest import REPO
 
 if importlib.util.find_spec("vla_eval") is None:
-    pytest.skip("vla-eval not installed (uv pip install vla-eval==0.8.0)", allow_module_level=True)
+    pytest.skip("vla-eval not installed (uv sync --extra vla-eval)", allow_module_level=True)
 
 from vla_eval.model_servers.serve import serve  # noqa: E402
 from vla_eval.protocol.messages import Message  # noqa: E402

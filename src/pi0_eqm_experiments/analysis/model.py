@@ -85,17 +85,21 @@ def train_quick_model(workdir: str | os.PathLike = DEFAULT_WORKDIR, *, tasks=QUI
 
 def load_or_train_policy(checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, *, settings=None,
                          workdir: str | os.PathLike = DEFAULT_WORKDIR, quick: dict[str, Any] | None = None):
-    """The policy of ``checkpoint`` (a run or step directory of ``pi0_eqm_metaworld``) if it exists, else of a quick
+    """The policy of ``checkpoint`` (a run or step directory, by default the main job's) if it exists, else of a quick
     model from :func:`train_quick_model` (``quick``: its keyword arguments). Returns ``(policy, info)`` with
     ``info = {"source": "checkpoint" | "quick", "run_dir", "step_dir", "config"}``."""
     from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.training.config import get_config
     from pi0_eqm.training.checkpoint_dir import latest_step_dir
+    from pi0_eqm.training.config_record import read_config
     from pi0_eqm_experiments.benchmarks.metaworld import load_policy
 
     settings = settings or DecoderSettings()
     if has_checkpoint(checkpoint):
-        cfg, run, source = get_config(CONFIG_NAME), Path(checkpoint), "checkpoint"
+        run, source = Path(checkpoint), "checkpoint"
+        # the checkpoint's own config (e.g. a π₀.5 run); checkpoints saved before configs were recorded are the
+        # main job's
+        cfg = read_config(latest_step_dir(run)) or get_config(CONFIG_NAME)
     else:
         cfg, run = train_quick_model(workdir, **(quick or {}))
         source = "quick"

@@ -77,6 +77,9 @@ class TrainConfig:
     wandb_enabled: bool = False
     project_name: str = "pi0_eqm"
     async_checkpoint: bool = True
+    # openpi's training-time image augmentation (pi0_eqm.training.augment); off in the CPU configs below, whose
+    # README figures were measured without it
+    augment_images: bool = True
     policy_metadata: dict | None = None
 
     def __post_init__(self):
@@ -145,6 +148,7 @@ def _metaworld(name: str, decoder, preset: str = "pi0_metaworld") -> TrainConfig
         max_to_keep=1,
         num_workers=2,
         policy_metadata={"env": "metaworld"},
+        augment_images=False,
     )
 
 def _libero_cpu(name: str, decoder) -> TrainConfig:
@@ -165,6 +169,7 @@ def _libero_cpu(name: str, decoder) -> TrainConfig:
         max_to_keep=1,
         num_workers=2,
         policy_metadata={"env": "libero"},
+        augment_images=False,
     )
 
 
@@ -172,7 +177,7 @@ def _debug(name: str, model: Pi0Config, data, *, lr: float, batch_size: int = 8,
     """CPU debugging configs: tiny model, 10 steps, a checkpoint every 5."""
     return TrainConfig(name=name, model=model, data=data, lr_schedule=ConstantSchedule(lr), batch_size=batch_size,
                        num_train_steps=10, log_interval=1, save_interval=5, keep_period=None, max_to_keep=2,
-                       ema_decay=ema_decay)
+                       ema_decay=ema_decay, augment_images=False)
 
 
 def _pi05_libero(name: str, decoder, ki: KIConfig | None = None) -> TrainConfig:

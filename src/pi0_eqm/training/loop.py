@@ -29,6 +29,7 @@ from pi0_eqm.models.observation import Observation
 from pi0_eqm.training import checkpoints as _ckpt
 from pi0_eqm.training import distributed as _dist
 from pi0_eqm.training import sharding as _sharding
+from pi0_eqm.training.augment import with_augmentation
 from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.config_record import config_to_record
 from pi0_eqm.training.data_config import ToyDataConfig
@@ -215,7 +216,10 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
     data_sharding = _sharding.data_sharding(mesh)
     n_train, n_frozen = partition.count(abstract.params)
     logger.info("%.2fM trainable params, %.2fM frozen", n_train / 1e6, n_frozen / 1e6)
-    step_fn = jax.jit(make_train_step(decoder, tx, config.ema_decay, schedule, partition),
+    train_step = make_train_step(decoder, tx, config.ema_decay, schedule, partition)
+    if config.augment_images:
+        train_step = with_augmentation(train_step)
+    step_fn = jax.jit(train_step,
                       in_shardings=(state_sharding, data_sharding, data_sharding, data_sharding),
                       out_shardings=(state_sharding, _sharding.replicated(mesh)), donate_argnums=0)
 

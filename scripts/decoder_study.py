@@ -36,7 +36,7 @@ class Arm:
     decoder: str  # "eqm" | "flow"
     settings: dict  # DecoderSettings fields (executed is set from --replan-every)
     variant: str = "default"  # EqM training variant (bench.EQM_TRAIN_VARIANTS)
-    model: str = "pi0"  # "pi0" | "pi05" (π₀.5: adaRMS expert, discrete state in the prompt, quantile norm)
+    model: str = "pi0"  # "pi0" | "pi05" (π₀.5: adaRMS expert, discrete state in the prompt, quantile norm) | "pi05_ki"
 
 
 # Arms spell out every solver setting they depend on, so their meaning (and cached results) never follow a change of
@@ -59,6 +59,9 @@ ARMS: dict[str, Arm] = {
     # π₀.5 twins of the two default arms (same data, steps, seeds, episodes)
     "pi05-flow-10": Arm("flow", {"max_iters": 10, "warm_start": "off"}, model="pi05"),
     "pi05-eqm-cold-eta03-10": Arm("eqm", {"preset": "action", **_DEFAULT, "max_iters": 10}, model="pi05"),
+    # ... and with knowledge insulation (FAST loss on the backbone, stop-gradient K/V for the expert)
+    "pi05-ki-flow-10": Arm("flow", {"max_iters": 10, "warm_start": "off"}, model="pi05_ki"),
+    "pi05-ki-eqm-cold-eta03-10": Arm("eqm", {"preset": "action", **_DEFAULT, "max_iters": 10}, model="pi05_ki"),
 }
 DEFAULT_ARMS = ("flow-5", "flow-10", "flow-20", "flow-300", "eqm-5", "eqm-10", "eqm-20", "eqm-paper-300",
                 "eqm-cold-eta03-10")
@@ -67,9 +70,11 @@ PAIRS = (("eqm-cold-eta03-10", "eqm-paper-300"), ("eqm-cold-eta03-10", "flow-10"
          ("eqm-paper-300", "flow-300"), ("eqm-bb-10", "eqm-10"), ("eqm-eta03-10", "eqm-10"), ("eqm-cold-10", "eqm-10"), ("eqm-cold-eta03-10", "eqm-cold-10"), ("eqm-cold-eta03-10-noguard", "eqm-cold-eta03-10"),
          ("eqm-cold-5", "eqm-cold-10"), ("eqm-mix-10", "eqm-10"), ("eqm-real-10", "eqm-10"),
          ("eqm-mix_real-10", "eqm-10"), ("pi05-eqm-cold-eta03-10", "pi05-flow-10"),
-         ("pi05-flow-10", "flow-10"), ("pi05-eqm-cold-eta03-10", "eqm-cold-eta03-10"))
+         ("pi05-flow-10", "flow-10"), ("pi05-eqm-cold-eta03-10", "eqm-cold-eta03-10"),
+         ("pi05-ki-flow-10", "pi05-flow-10"), ("pi05-ki-eqm-cold-eta03-10", "pi05-eqm-cold-eta03-10"))
 CONFIGS = {("pi0", "eqm"): "pi0_eqm_metaworld", ("pi0", "flow"): "pi0_metaworld",
-           ("pi05", "eqm"): "pi05_eqm_metaworld", ("pi05", "flow"): "pi05_metaworld"}
+           ("pi05", "eqm"): "pi05_eqm_metaworld", ("pi05", "flow"): "pi05_metaworld",
+           ("pi05_ki", "eqm"): "pi05_eqm_ki_metaworld", ("pi05_ki", "flow"): "pi05_ki_metaworld"}
 
 
 @dataclasses.dataclass

@@ -18,6 +18,8 @@ import numpy as np
 
 from pi0_eqm.data import transforms as _t
 from pi0_eqm.data.lerobot import LeRobotDataset
+from pi0_eqm.data.lerobot_v3 import LeRobotV3Dataset
+from pi0_eqm.data.lerobot_v3 import is_lerobot_v3
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.data.normalize import load_norm_stats
 from pi0_eqm.data.pipeline import Pipeline
@@ -156,7 +158,8 @@ class EpisodicDataConfig:
             raise FileNotFoundError(f"dataset not found at {path} (from --data.path={self.path!r}, "
                                     f"${DATA_HOME_ENV}={data_home()}); {self.how_to_obtain}")
         if self.format == "lerobot":
-            return LeRobotDataset(path, **self.spec().lerobot_keys())
+            reader = LeRobotV3Dataset if is_lerobot_v3(path) else LeRobotDataset  # v3.0 or v2.0/v2.1
+            return reader(path, **self.spec().lerobot_keys())
         return RldsDataset(path)
 
     def spec(self) -> RobotSpec:

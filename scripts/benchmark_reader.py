@@ -4,7 +4,8 @@
     uv run scripts/benchmark_reader.py [--episodes 24 --frames 200 --size 256] [--samples 800] [--threads 2]
 
 The dataset (PNG images in parquet, as the LIBERO dataset stores them: smooth scenes with sensor noise, about the
-LIBERO PNG size) is generated once under ``--root`` and reused. Each measured sample is what training reads: a
+LIBERO PNG size) is generated once under ``--root`` and reused; ``--dataset`` measures an existing one instead.
+Each measured sample is what training reads: a
 16-step action chunk, the state and both camera images of a uniformly drawn frame, from ``--threads`` threads
 (the loader's ``num_workers``), after every episode's frame index exists (its one-time build is timed
 separately). Prints the figures and writes ``--out`` (JSON).
@@ -24,10 +25,12 @@ import tyro
 
 @dataclasses.dataclass
 class Args:
-    root: str = "data/lerobot/benchmark_libero_layout"
+    root: str | None = None  # default: data/lerobot/benchmark_libero_layout_<episodes>x<frames>_<size>px_noise<noise>
+    dataset: str | None = None  # benchmark this LIBERO-layout dataset instead of a generated one
     episodes: int = 24
     frames: int = 200
     size: int = 256
+    noise: float = 1.0  # sensor-noise std (gray levels): 1.0 gives ~40 kB PNGs at 256², LIBERO's size
     samples: int = 800
     threads: int = 2
     frame_index_dir: str | None = None  # default: the reader's (~/.cache/pi0_eqm/lerobot_frames/...)
@@ -35,14 +38,14 @@ class Args:
     out: str = "results/benchmark_reader.json"
 
 
-def _scene(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
+def _scene(rng: np.random.Generator, frames: int, size: int, noise: float) -> np.ndarray:
     """uint8 [T, size, size, 3]: a slowly drifting low-frequency image plus per-frame noise."""
     coarse = rng.integers(0, 255, (8, 8, 3)).astype(np.float32)
     base = np.kron(coarse, np.ones((size // 8, size // 8, 1), np.float32))
     out = np.empty((frames, size, size, 3), np.uint8)
     for t in range(frames):
         shifted = np.roll(base, shift=t, axis=1)
-        out[t] = np.clip(shifted + rng.normal(0, 6, shifted.shape), 0, 255).astype(np.uint8)
+        out[t] = np.clip(shifted + rng.normal(0, noise, shifted.shape), 0, 255).astype(np.uint8)
     return out
 
 
@@ -55,13 +58,15 @@ def make_dataset(args: Args):
     def episodes():
         for e in range(args.episodes):
             yield Episode({
-                "observation/image": _scene(rng, args.frames, args.size),
-                "observation/wrist_image": _scene(rng, args.frames, args.size),
+                "observation/image": _scene(rng, args.frames, args.size, args.noise),
+                "observation/wrist_image": _scene(rng, args.frames, args.size, args.noise),
                 "observation/state": rng.normal(size=(args.frames, 8)).astype(np.float32),
                 "action": rng.uniform(-1, 1, (args.frames, 7)).astype(np.float32),
             }, prompt=f"pick up object {e % 10} and place it in the basket")
 
-    return write_lerobot_dataset(args.root, episodes(), fps=20)
+    root = args.root or (f"data/lerobot/benchmark_libero_layout_{args.episodes}x{args.frames}_{args.size}px_"
+                         f"noise{args.noise:g}")
+    return write_lerobot_dataset(root, episodes(), fps=20)
 
 
 def main(args: Args) -> dict:
@@ -72,7 +77,7 @@ def main(args: Args) -> dict:
 
     if args.samples < 1 or args.threads < 1:
         raise ValueError("--samples and --threads must be >= 1")
-    root = make_dataset(args)
+    root = Path(args.dataset) if args.dataset else make_dataset(args)
     reader = LeRobotDataset(root, frame_index_dir=args.frame_index_dir, **LIBERO.lerobot_keys())
     data = ChunkedDataset(reader, 16)
     start = time.perf_counter()
@@ -84,12 +89,13 @@ def main(args: Args) -> dict:
     with ThreadPoolExecutor(args.threads) as pool:
         shapes = {s["observation/image"].shape for s in pool.map(lambda i: data[int(i)], order)}
     wall = time.perf_counter() - start
-    episode_mb = sum(p.stat().st_size for p in root.rglob("*.parquet")) / args.episodes / 1e6
+    episode_mb = sum(p.stat().st_size for p in root.rglob("*.parquet")) / len(reader) / 1e6
     result = {"index_s": index_s, "samples": len(order), "threads": args.threads, "wall_s": wall, "samples_per_s": len(order) / wall,
-              "frames": len(data), "episodes": args.episodes, "episode_mb": episode_mb, "image_shapes": [list(x) for x in sorted(shapes)]}
+              "frames": len(data), "episodes": len(reader), "episode_mb": episode_mb, "dataset": str(root),
+              "image_shapes": [list(x) for x in sorted(shapes)]}
     atomic_write_bytes(Path(args.out), json.dumps(result, indent=2).encode())
-    print(f"frame index: {index_s:.1f} s for {args.episodes} episodes (built once, or found on disk)")
-    print(f"{len(order)} shuffled samples from {len(data)} frames ({args.episodes} episodes, {episode_mb:.1f} MB of "
+    print(f"frame index: {index_s:.1f} s for {len(reader)} episodes (built once, or found on disk)")
+    print(f"{len(order)} shuffled samples from {len(data)} frames ({len(reader)} episodes, {episode_mb:.1f} MB of "
           f"parquet each) with {args.threads} threads: {result['samples_per_s']:.0f} samples/s")
     return result
 

@@ -172,9 +172,9 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
                          "--num-train-steps=1000", "--save-interval=1", "--max-to-keep=1000", "--log-interval=1")
         run = base / "debug_eqm" / "full"
         assert out.returncode == 2, out.stderr[-3000:]
-        last_line = out.stderr.strip().splitlines()[-2]
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
         assert "Traceback" not in out.stderr and "No space left on device" in out.stderr, out.stderr[-3000:]
-        assert last_line.startswith("error: saving checkpoint"), out.stderr[-3000:]
+        assert len(errors) == 1 and errors[0].startswith("error: saving checkpoint"), out.stderr[-3000:]
         committed = _committed(run)
         assert committed, "the steps saved before the disk filled up must be intact"
         params = restore_params(run / str(committed[-1]) / "params")

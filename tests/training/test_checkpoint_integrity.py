@@ -180,3 +180,16 @@ def test_unusable_data_state_falls_back(tmp_path, edit, caplog):
     with _logs_warning(caplog, "step 2 .*data_state: "):
         _, data_state, step = ckpt.restore_state(manager, _small_state(0), data_state_check=loader.state_problems)
     assert step == 1 and loader.state_problems(data_state) == []
+
+
+def test_steps_saved_without_checksums_still_restore(tmp_path):
+    """Checkpoints from before the integrity item restore (finiteness is still checked)."""
+    import shutil
+
+    manager, _ = _open(tmp_path, async_save=False)
+    for s in (1, 2):
+        ckpt.save_state(manager, _small_state(s), ema=False)
+    shutil.rmtree(tmp_path / "run" / "2" / "integrity")
+    restored, _, step = ckpt.restore_state(manager, _small_state(0))
+    assert step == 2
+    _assert_trees_equal(restored, _small_state(2))

@@ -68,6 +68,17 @@ def _report(name: str, figures: dict) -> None:
             f.write(json.dumps({"test": name, **figures}) + "\n")
 
 
+@pytest.fixture
+def base(tmp_path):
+    """The checkpoint base dir, with user files beside the run directories that must survive every kill."""
+    keep = {tmp_path / "notes.txt": b"mine", tmp_path / "debug_eqm" / "not_a_run" / "data.bin": b"\0" * 64}
+    for path, data in keep.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    yield tmp_path
+    assert all(path.read_bytes() == data for path, data in keep.items()), "a file outside a run directory changed"
+
+
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300, poll: float = 0.02) -> None:
     deadline = time.time() + timeout
     while not predicate():
@@ -79,7 +90,8 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300, poll: flo
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_sigterm_at_a_random_step_loses_no_step(tmp_path):
+def test_sigterm_at_a_random_step_loses_no_step(base):
+    tmp_path = base
     rng = random.Random(int(os.environ.get("PI0_FAULT_SEED", time.time_ns() % 10**6)))
     reference = _reference(tmp_path, "--save-interval=1000")
     run = tmp_path / "debug_eqm" / "sig"
@@ -104,9 +116,10 @@ def test_sigterm_at_a_random_step_loses_no_step(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_kill_9_at_random_moments_always_resumes(tmp_path):
+def test_kill_9_at_random_moments_always_resumes(base):
     """Five kill -9 at random moments (one as soon as a save has started writing), each followed by --resume; then
     the run finishes with the uninterrupted run's losses. Steps lost per kill = last logged - last committed."""
+    tmp_path = base
     seed = int(os.environ.get("PI0_FAULT_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
     save = ["--save-interval=3"]

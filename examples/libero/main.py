@@ -172,14 +172,14 @@ def summarize(records: list[dict], suite_name: str) -> dict:
 
 
 def format_table(summary: dict) -> str:
-    rows = [f"{'task':<6} {'n':>4} {'success':>8}  {'Wilson 95% CI':<15} prompt"]
+    rows = [f"{'task':<14} {'n':>4} {'success':>8}  {'Wilson 95% CI':<15} prompt"]
     for task_id, s in summary["tasks"].items():
         lo, hi = s["ci95"]
-        rows.append(f"{task_id:<6} {s['n']:>4} {s['success_rate']:>8.3f}  [{lo:.2f}, {hi:.2f}]    {s['prompt']}")
+        rows.append(f"{task_id:<14} {s['n']:>4} {s['success_rate']:>8.3f}  [{lo:.2f}, {hi:.2f}]    {s['prompt']}")
     t = summary["total"]
     if t["n"]:
         lo, hi = t["ci95"]
-        rows.append(f"{summary['suite']:<6} {t['n']:>4} {t['success_rate']:>8.3f}  [{lo:.2f}, {hi:.2f}]    (suite)")
+        rows.append(f"{summary['suite']:<14} {t['n']:>4} {t['success_rate']:>8.3f}  [{lo:.2f}, {hi:.2f}]    (suite)")
     it, ms = summary["iterations_mean"], summary["server_ms_mean"]
     rows.append(f"{summary['chunks']} chunks; expert forwards per chunk {it if it is None else round(it, 2)}, "
                 f"server ms per chunk {ms if ms is None else round(ms, 1)}")

@@ -129,48 +129,41 @@ _KI_METAWORLD = KIConfig(max_fast_tokens=64, fast_vocab_size=512, skip_tokens=16
 _KI_DEBUG = KIConfig(max_fast_tokens=24, fast_vocab_size=128, skip_tokens=2)
 
 
-def _metaworld(name: str, decoder, preset: str = "pi0_metaworld") -> TrainConfig:
-    """The embedded benchmark: flow and EqM trained identically (same data, steps, seed) on Meta-World demos.
-    π₀.5 (``preset="pi05_metaworld"``) normalises with quantiles, as openpi's π₀.5 configs."""
-    pi05 = preset.startswith("pi05")
+def _cpu_recipe(name: str, model: Pi0Config, data, *, steps: int, env: str) -> TrainConfig:
+    """The small-model CPU recipe shared by the embedded benchmark and LIBERO on a CPU: batch 32, cosine 100 → 1e-3
+    → 1e-4 over ``steps``, EMA 0.99, a checkpoint every 500 steps (the latest kept), no image augmentation."""
     return TrainConfig(
         name=name,
-        model=model_config(preset, decoder),
-        data=dataclasses.replace(_METAWORLD_DATA, use_quantile_norm=True) if pi05 else _METAWORLD_DATA,
-        lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=1500, decay_lr=1e-4),
+        model=model,
+        data=data,
+        lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=steps, decay_lr=1e-4),
         optimizer=AdamW(weight_decay=1e-10),
         ema_decay=0.99,
         batch_size=32,
-        num_train_steps=1500,
+        num_train_steps=steps,
         log_interval=50,
         save_interval=500,
         keep_period=None,
         max_to_keep=1,
         num_workers=2,
-        policy_metadata={"env": "metaworld"},
+        policy_metadata={"env": env},
         augment_images=False,
     )
+
+
+def _metaworld(name: str, decoder, preset: str = "pi0_metaworld") -> TrainConfig:
+    """The embedded benchmark: flow and EqM trained identically (same data, steps, seed) on Meta-World demos.
+    π₀.5 (``preset="pi05_metaworld"``) normalises with quantiles, as openpi's π₀.5 configs."""
+    data = dataclasses.replace(_METAWORLD_DATA, use_quantile_norm=True) if preset.startswith("pi05") else _METAWORLD_DATA
+    return _cpu_recipe(name, model_config(preset, decoder), data, steps=1500, env="metaworld")
+
 
 def _libero_cpu(name: str, decoder) -> TrainConfig:
     """LIBERO sized for a CPU: the embedded benchmark's 0.7M-parameter model on the agent and wrist views at 64 px,
     H = 16, the LIBERO transform stack with absolute (un-shifted) delta-pose actions, 1000 steps of batch 32."""
-    return TrainConfig(
-        name=name,
-        model=model_config("pi0_metaworld", decoder, real_action_dim=7, max_token_len=_LIBERO_PROMPT_TOKENS),
-        data=dataclasses.replace(_LIBERO_DATA, path="lerobot/libero_object_scripted", extra_delta_transform=False),
-        lr_schedule=CosineDecaySchedule(warmup_steps=100, peak_lr=1e-3, decay_steps=1000, decay_lr=1e-4),
-        optimizer=AdamW(weight_decay=1e-10),
-        ema_decay=0.99,
-        batch_size=32,
-        num_train_steps=1000,
-        log_interval=50,
-        save_interval=500,
-        keep_period=None,
-        max_to_keep=1,
-        num_workers=2,
-        policy_metadata={"env": "libero"},
-        augment_images=False,
-    )
+    model = model_config("pi0_metaworld", decoder, real_action_dim=7, max_token_len=_LIBERO_PROMPT_TOKENS)
+    data = dataclasses.replace(_LIBERO_DATA, path="lerobot/libero_object_scripted", extra_delta_transform=False)
+    return _cpu_recipe(name, model, data, steps=1000, env="libero")
 
 
 def _debug(name: str, model: Pi0Config, data, *, lr: float, batch_size: int = 8, ema_decay: float | None = None):

@@ -16,11 +16,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import tyro  # noqa: E402
 
+from pi0_eqm.benchmarks import toy  # noqa: E402
 from pi0_eqm.decoders.base import DecodeSettings  # noqa: E402
 from pi0_eqm.models.configs import model_config  # noqa: E402
 from pi0_eqm.models.decoder_config import EqmConfig  # noqa: E402
 from pi0_eqm.models.decoder_config import FlowConfig  # noqa: E402
-from pi0_eqm_experiments import toy  # noqa: E402
 
 
 @dataclasses.dataclass

@@ -39,11 +39,11 @@ class Args:
 
 
 def main(args: Args) -> dict:
+    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.envs.demos import generate_dataset
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
     from pi0_eqm.training.data_config import data_home
-    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     names = {"eqm": "pi0_eqm_metaworld", "flow": "pi0_metaworld"}
     bad = [d for d in args.decoders if d not in names]

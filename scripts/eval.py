@@ -37,9 +37,9 @@ class Args:
 
 
 def main(args: Args) -> dict:
+    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
     from pi0_eqm.policies.policy_config import resolve_checkpoint
-    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     cfg, step_dir = resolve_checkpoint(args.checkpoint, args.config)
     settings = dataclasses.replace(args.decoder, executed=args.replan_every)

@@ -1,10 +1,11 @@
-"""The core package's structure, measured from its source and from traced runs (``pi0_eqm_experiments.architecture``):
-no import circles, no arrow from a lower layer to a higher one, imports at module top unless a ``# lazy:`` reason is
-given, files under 500 lines, the core never imports the experiments; and the reading-order walks stay short."""
+"""The library's structure, measured from its source and from traced runs (``tests/architecture.py``): no import
+circles, no arrow from a lower layer to a higher one, imports at module top unless a ``# lazy:`` reason is given,
+files under 500 lines, the library never imports the lab, the lab uses only the library's public names; and the
+reading-order walks stay short."""
 
 import pytest
 
-from pi0_eqm_experiments import architecture
+from tests import architecture
 
 
 def test_import_graph_is_layered_and_acyclic():
@@ -15,6 +16,20 @@ def test_import_graph_is_layered_and_acyclic():
     assert report["lazy_without_reason"] == []
     assert report["long_files"] == {}
     assert report["experiments_imports"] == []
+
+
+def test_the_lab_uses_only_public_library_names():
+    report = architecture.lab_report()
+    assert report["files"] > 15  # the scan found lab/ and notebooks/
+    assert report["private_uses"] == []
+
+
+def test_private_uses_are_found():
+    src = ("from pi0_eqm.data import _frame_index\nfrom pi0_eqm.policies.policy import _Session\n"
+           "import pi0_eqm.data._frame_index\nx = policy._decode_fn\ny = self._ok\nz = obj.__dict__\n")
+    found = architecture.private_uses(src, "f.py")
+    assert found == ["f.py:1 from pi0_eqm.data import _frame_index", "f.py:2 from pi0_eqm.policies.policy import _Session",
+                     "f.py:3 import pi0_eqm.data._frame_index", "f.py:4 ._decode_fn"], found
 
 
 def test_every_core_package_has_a_layer():

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 import sys
 
-import pytest
-
 from pi0_eqm_experiments.analysis.model import has_checkpoint
+import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.sim]
 

@@ -6,7 +6,6 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
 from pi0_eqm_experiments.analysis import iterates as it  # noqa: E402
 from pi0_eqm_experiments.analysis import plots  # noqa: E402
 

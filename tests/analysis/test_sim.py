@@ -2,13 +2,13 @@
 
 import jax
 import numpy as np
+from pi0_eqm_experiments.analysis import iterates as it
 import pytest
 
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.policies.policy_config import policy_from_params
 from pi0_eqm.training.config import get_config
-from pi0_eqm_experiments.analysis import iterates as it
 
 pytestmark = pytest.mark.sim
 

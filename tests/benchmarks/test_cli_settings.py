@@ -16,16 +16,16 @@ BAD = [
     (["--max-iters", "0"], "max_iters must be an int"),
 ]
 SCRIPTS = {
-    "eval.py": ["--config", "pi0_eqm_metaworld", "--checkpoint", "does-not-exist"],
-    "serve_policy.py": ["--config", "pi0_eqm_metaworld", "--checkpoint", "does-not-exist"],
-    "load_test.py": ["--config", "debug_libero", "--random-init"],
+    "scripts/eval.py": ["--config", "pi0_eqm_metaworld", "--checkpoint", "does-not-exist"],
+    "scripts/serve_policy.py": ["--config", "pi0_eqm_metaworld", "--checkpoint", "does-not-exist"],
+    "lab/scripts/load_test.py": ["--config", "debug_libero", "--random-init"],
 }
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 @pytest.mark.parametrize("flags, message", BAD)
 def test_bad_solver_flags_exit_2_with_a_clear_message(script, flags, message):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *SCRIPTS[script], *flags],
+    proc = subprocess.run([sys.executable, str(REPO / script), *SCRIPTS[script], *flags],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
@@ -33,6 +33,6 @@ def test_bad_solver_flags_exit_2_with_a_clear_message(script, flags, message):
 
 
 def test_decoder_study_rejects_unknown_arms():
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "decoder_study.py"), "--arms", "eqm-7"],
+    proc = subprocess.run([sys.executable, str(REPO / "lab" / "scripts" / "decoder_study.py"), "--arms", "eqm-7"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "unknown arms ['eqm-7']" in proc.stderr and "Traceback" not in proc.stderr

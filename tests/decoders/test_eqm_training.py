@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from pi0_eqm.benchmarks import toy
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.decoders.eqm import eqm_training_pair
 from pi0_eqm.decoders.solver import solve
@@ -20,7 +21,6 @@ from pi0_eqm.models.decoder_config import EqmConfig
 from pi0_eqm.models.decoder_config import FlowConfig
 from pi0_eqm.models.decoder_config import SolverConfig
 from pi0_eqm.training import toy_data
-from pi0_eqm_experiments import toy
 
 H, D = 4, 2
 MODES = jnp.array([[1.0, 0.5], [-1.0, -0.5]])  # two modes; a chunk repeats one mode H times

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 def test_no_chunk_is_warm_started_across_episodes(tmp_path):
     spec = importlib.util.spec_from_file_location("episode_detection_study",
-                                                  REPO / "scripts" / "episode_detection_study.py")
+                                                  REPO / "lab" / "scripts" / "episode_detection_study.py")
     study = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = study
     spec.loader.exec_module(study)

@@ -99,7 +99,7 @@ def test_delta_actions_round_trip_through_policy_outputs(trained_libero):
     cfg, step_dir = trained_libero
     policy = create_trained_policy(cfg, step_dir)
     obs = libero_obs(np.random.default_rng(1))
-    outputs = policy._outputs({"state": policy._inputs(dict(obs))["state"],
+    outputs = policy.output_transform({"state": policy.input_transform(dict(obs))["state"],
                                "actions": np.zeros((cfg.model.action_horizon, 32), np.float32)})
     stats = __import__("pi0_eqm.data.normalize", fromlist=["x"]).load_norm_stats(
         step_dir / "assets" / "physical-intelligence/libero")

@@ -1,4 +1,4 @@
-"""scripts/load_test.py end to end: real openpi clients, batching off and on, and a hostile client in the mix."""
+"""lab/scripts/load_test.py end to end: real openpi clients, batching off and on, and a hostile client in the mix."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ from tests.serving.conftest import openpi_client_python  # noqa: F401  (session 
 
 def test_load_test_reports_every_run_and_the_hostile_client_harms_no_one(tmp_path, openpi_client_python):  # noqa: F811
     out = tmp_path / "load.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "load_test.py"), "--config", "debug_libero",
+    proc = subprocess.run([sys.executable, str(REPO / "lab" / "scripts" / "load_test.py"), "--config", "debug_libero",
                            "--random-init", "--clients", "1", "3", "--requests", "15", "--max-batch", "4",
                            "--max-wait-ms", "20", "--out", str(out)], capture_output=True, text=True, timeout=900,
                           cwd=REPO)

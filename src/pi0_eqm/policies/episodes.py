@@ -11,7 +11,7 @@ request with the session's previous one and names the first signal that marks a 
   training data) since the previous request (a reset teleports the robot back to its start pose). Off by default: on
   openpi's LIBERO loop with a random-action policy it did not separate episode starts (2.75–3.92 std) from steps
   inside an episode (up to 3.24 std), while the gap did (starts 3.9–34× the session's median gap, steps at most
-  2.0×; three runs of ``scripts/episode_detection_study.py``).
+  2.0×; three runs of ``lab/scripts/episode_detection_study.py``).
 
 ``None`` disables a signal. Our own client can always say it explicitly (``{"__control__": "reset"}``).
 """

@@ -111,9 +111,10 @@ class Policy:
         self.settings = settings or DecoderSettings()
         self.metadata = dict(metadata or {})
         self.episodes = episodes or EpisodeDetection()
-        self._inputs = _t.compose(input_transforms)
-        self._outputs = _t.compose(output_transforms)
-        self._actions_in = _t.compose(action_transforms)
+        # The composed transforms (public: analysis code runs them on observations and chunks of its own).
+        self.input_transform = _t.compose(input_transforms)
+        self.output_transform = _t.compose(output_transforms)
+        self.action_transform = _t.compose(action_transforms)
         self.decoder = make_decoder(model_config)
         self._seed_key = jax.random.key(seed)
         self._sessions: dict[Any, _Session] = {}
@@ -168,7 +169,7 @@ class Policy:
         prompt = obs.get("prompt")
         with np.errstate(over="ignore", invalid="ignore"):  # an overflowing state is refused just below
             raw_state = np.asarray(obs.get("observation/state", obs.get("state", np.zeros(0))), np.float32)
-            inputs = self._inputs(obs)
+            inputs = self.input_transform(obs)
         if not np.all(np.isfinite(inputs["state"])):
             raise InvalidRequestError("the state normalises to non-finite values (it overflows float32); expected "
                                       "a state in the robot's range")
@@ -192,7 +193,7 @@ class Policy:
         req.warm = self.decoder.warm_starts and req.settings.warm_start != "off" and sess.prev_actions is not None
         init = noise
         if req.warm:
-            prev = self._actions_in({"state": req.raw_state, "actions": sess.prev_actions})["actions"]
+            prev = self.action_transform({"state": req.raw_state, "actions": sess.prev_actions})["actions"]
             prev = jnp.asarray(_t.pad_to_dim(np.asarray(prev, np.float32), cfg.action_dim))[None]
             # The previous chunk was re-expressed for the new state; the shift by the executed actions is on time.
             init = warm_start_init(prev, req.settings.executed, noise, req.settings.warm_start,
@@ -219,15 +220,16 @@ class Policy:
                  for k in _MODEL_KEYS if k in reqs[0].inputs}
         init = np.stack([r.init for r in padded])
         t0 = time.perf_counter()
-        actions, iters, residual, converged = self._decode_fn(reqs[0].decode.variant)(
+        actions, iters, residual, converged = self.compiled_decode(reqs[0].decode.variant)(
             self.params, Observation.from_dict(batch), jax.random.key(0), init, reqs[0].knobs)
         actions, iters, residual, converged = jax.device_get((actions, iters, residual, converged))
         ms = (time.perf_counter() - t0) * 1e3
         return [Decoded(np.asarray(actions[i]), int(iters[i]), float(residual[i]), bool(converged[i]), n, ms)
                 for i in range(n)]
 
-    def _decode_fn(self, variant: str | None):
-        """One compiled decode per solver variant (and batch size); every other setting is a traced argument."""
+    def compiled_decode(self, variant: str | None):
+        """The jitted ``(params, obs, rng, init, knobs) -> (actions, iterations, residual, converged)`` of one solver
+        variant (cached; one compilation per batch size); every other setting is a traced argument."""
         fn = self._decode_cache.get(variant)
         if fn is None:
             dec = self.decoder
@@ -244,7 +246,7 @@ class Policy:
     def robot_actions(self, req: Request, decoded: Decoded) -> dict:
         """Stage 4: robot-space actions and the reply; updates the session's warm-start and episode state."""
         sess = self._session(req.session)
-        outputs = self._outputs({"state": req.inputs["state"], "actions": decoded.actions, "raw_state": req.raw_state})
+        outputs = self.output_transform({"state": req.inputs["state"], "actions": decoded.actions, "raw_state": req.raw_state})
         actions = np.asarray(outputs["actions"])
         if not np.all(np.isfinite(actions)):
             sess.prev_actions = None

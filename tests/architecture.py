@@ -1,8 +1,10 @@
-"""Structure checks of the core package, measured from its source and from a traced run.
+"""Structure checks of the library and the lab, measured from their source and from traced runs.
 
 * ``import_report()``: the import graph of ``src/pi0_eqm`` (module circles, package arrows against ``LAYERS``,
   imports inside functions without a ``# lazy:`` reason, files over ``MAX_LINES``, core modules importing
   ``pi0_eqm_experiments``).
+* ``lab_report()``: what the lab (``lab/``, ``notebooks/``) reaches into: imports of private library modules or
+  names (a ``_``-prefixed part) and ``_``-prefixed attributes read on anything but ``self``/``cls``.
 * ``walk(fn)``: the files of ``src/pi0_eqm`` one call passes through, in order. A *stay* is a maximal run of
   consecutive events in one file (the innermost ``pi0_eqm`` frame at each Python call and return); a *return* is a
   stay in a file already visited. ``observation_walk()`` traces one LIBERO observation from the websocket bytes to
@@ -17,6 +19,7 @@ import ast
 import collections
 from collections.abc import Callable
 import dataclasses
+import json
 from pathlib import Path
 import sys
 import tempfile
@@ -44,10 +47,12 @@ from pi0_eqm.training.train_step import init_train_state
 from pi0_eqm.training.train_step import make_train_step
 
 CORE = Path(pi0_eqm.__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
+LAB_ROOTS = ("lab", "notebooks")
 MAX_LINES = 500
 # Package → layer; a module may import its own package or a lower layer only.
 LAYERS = {"errors": 0, "atomic": 0, "data": 1, "serving": 1, "models": 2, "decoders": 3, "robots": 3, "envs": 4,
-          "training": 5, "policies": 6, "cli": 7}
+          "training": 5, "policies": 6, "benchmarks": 7, "cli": 8}
 
 
 def _module_name(path: Path) -> str:
@@ -122,6 +127,46 @@ def import_report() -> dict[str, Any]:
     return {"modules": len(modules), "circles": _circles(graph), "upward": upward,
             "lazy_without_reason": lazy_without_reason, "long_files": long_files,
             "experiments_imports": experiments_imports}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(source: str, where: str = "") -> list[str]:
+    """Private library imports and private attribute reads in ``source`` (see ``lab_report``)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pi0_eqm":
+            names = node.module.split(".")[1:] + [a.name for a in node.names]
+            out += [f"{where}:{node.lineno} from {node.module} import {n}" for n in names if _private(n)]
+        elif isinstance(node, ast.Import):
+            out += [f"{where}:{node.lineno} import {a.name}" for a in node.names
+                    if a.name.split(".")[0] == "pi0_eqm" and any(_private(p) for p in a.name.split("."))]
+        elif isinstance(node, ast.Attribute) and _private(node.attr):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                out.append(f"{where}:{node.lineno} .{node.attr}")
+    return out
+
+
+def lab_report() -> dict[str, Any]:
+    """The lab's private uses of the library, over every ``.py`` file and notebook code cell under ``LAB_ROOTS``."""
+    uses, files = [], 0
+    for root in LAB_ROOTS:
+        for path in sorted((REPO / root).rglob("*")):
+            if path.suffix == ".py":
+                sources = [path.read_text()]
+            elif path.suffix == ".ipynb":
+                cells = json.loads(path.read_text())["cells"]
+                sources = ["\n".join(line for line in "".join(c["source"]).splitlines()
+                                      if not line.lstrip().startswith(("%", "!")))  # IPython magics
+                           for c in cells if c["cell_type"] == "code"]
+            else:
+                continue
+            files += 1
+            for src in sources:
+                uses += private_uses(src, str(path.relative_to(REPO)))
+    return {"files": files, "private_uses": uses}
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """Flow vs EqM on the embedded Meta-World benchmark at matched budgets, over several training seeds, paired.
 
-    uv run scripts/decoder_study.py                                 # the default arms, seeds 42 43 44
-    uv run scripts/decoder_study.py --arms eqm-10 flow-10 --seeds 42
+    uv run lab/scripts/decoder_study.py                                 # the default arms, seeds 42 43 44
+    uv run lab/scripts/decoder_study.py --arms eqm-10 flow-10 --seeds 42
 
 Every arm is (decoder, EqM training variant, decoder settings). Each (arm, seed) trains its checkpoint if missing
 (``checkpoints/<config>/<exp>``: ``main`` for seed 42, ``seed<N>`` otherwise, ``<variant>_s<N>`` for EqM training
@@ -22,20 +22,21 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
+from pi0_eqm_experiments.variants import EQM_TRAIN_VARIANTS  # noqa: E402
 
+from pi0_eqm.benchmarks import metaworld as bench  # noqa: E402
 from pi0_eqm.decoders.settings import DecoderSettings  # noqa: E402
 from pi0_eqm.envs.stats import paired_comparison  # noqa: E402
 from pi0_eqm.envs.stats import seed_mean_interval  # noqa: E402
 from pi0_eqm.envs.stats import success_summary  # noqa: E402
 from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
-from pi0_eqm_experiments.benchmarks import metaworld as bench  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
     decoder: str  # "eqm" | "flow"
     settings: dict  # DecoderSettings fields (executed is set from --replan-every)
-    variant: str = "default"  # EqM training variant (bench.EQM_TRAIN_VARIANTS)
+    variant: str = "default"  # EqM training variant (EQM_TRAIN_VARIANTS)
     model: str = "pi0"  # "pi0" | "pi05" (π₀.5: adaRMS expert, discrete state in the prompt, quantile norm) | "pi05_ki"
 
 
@@ -116,7 +117,7 @@ def run_arm(args: Args, name: str, seed: int, data_path: str) -> dict:
     cfg = bench.configure_run(CONFIGS[arm.model, arm.decoder], data_path, exp_name=exp_name(arm, seed, args.train_steps), seed=seed,
                               train_steps=args.train_steps, batch_size=args.batch_size,
                               checkpoint_base_dir=args.checkpoint_base_dir, assets_base_dir=args.assets_base_dir,
-                              decoder_updates=bench.EQM_TRAIN_VARIANTS[arm.variant] if arm.decoder == "eqm" else None)
+                              decoder_updates=EQM_TRAIN_VARIANTS[arm.variant] if arm.decoder == "eqm" else None)
     bench.train_or_reuse(cfg, False, args.progress)
     settings = DecoderSettings(**arm.settings, executed=args.replan_every)
     policy = bench.load_policy(cfg, cfg.checkpoint_dir, settings)

@@ -1,5 +1,6 @@
-"""Embedded-benchmark helpers: load a trained checkpoint as a Meta-World policy, evaluate it closed loop, summarize
-and plot. Used by ``scripts/eval.py``, ``scripts/embedded_benchmark.py`` and the study scripts."""
+"""The embedded Meta-World benchmark's steps: point a registered config at generated demos, train or reuse it, load a
+checkpoint as a policy, evaluate it closed loop, summarize, tabulate and plot (``scripts/embedded_benchmark.py``,
+``scripts/eval.py`` and the studies in ``lab/``)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,14 @@ from typing import Any
 import numpy as np
 
 from pi0_eqm.decoders.settings import DecoderSettings
+from pi0_eqm.envs import evaluate as _ev
+from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.policies.policy import Policy
+from pi0_eqm.policies.policy_config import create_trained_policy
+from pi0_eqm.training import loop
 from pi0_eqm.training.config import TrainConfig
-
-# EqM training variants of the decoder study (``EqmConfig`` fields); "default" is the registered config.
-EQM_TRAIN_VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "mix": {"gamma_sampling": "data_mixture"},  # half the batch with γ ~ U(a, 1)
-    "real": {"loss_dims": "real"},  # loss on the real action dims only, padded dims held at zero
-    "mix_real": {"gamma_sampling": "data_mixture", "loss_dims": "real"},
-}
+from pi0_eqm.training.config import get_config
+from pi0_eqm.training.norm_stats import compute_for_config
 
 
 def configure_run(name: str, data_path: str, *, exp_name: str, seed: int, train_steps: int | None = None,
@@ -30,9 +29,7 @@ def configure_run(name: str, data_path: str, *, exp_name: str, seed: int, train_
                   decoder_updates: dict[str, Any] | None = None) -> TrainConfig:
     """Registered config ``name`` pointed at the generated demos; ``train_steps`` rescales the LR schedule;
     ``keep_every`` saves and keeps a checkpoint every that many steps (for success-vs-steps curves);
-    ``decoder_updates`` replaces fields of the model's decoder config (e.g. ``EQM_TRAIN_VARIANTS``)."""
-    from pi0_eqm.training.config import get_config
-
+    ``decoder_updates`` replaces fields of the model's decoder config."""
     cfg = get_config(name)
     if decoder_updates:
         decoder = dataclasses.replace(cfg.model.decoder, **decoder_updates)
@@ -54,9 +51,6 @@ def configure_run(name: str, data_path: str, *, exp_name: str, seed: int, train_
 def train_or_reuse(cfg: TrainConfig, retrain: bool, progress: bool) -> None:
     """Computes the norm stats (and FAST tokenizer for KI configs), then trains ``cfg``, resumes an interrupted run,
     or reuses a finished one (unless ``retrain``)."""
-    from pi0_eqm.training import loop
-    from pi0_eqm.training.norm_stats import compute_for_config
-
     compute_for_config(cfg)
 
     run = cfg.checkpoint_dir
@@ -71,17 +65,12 @@ def train_or_reuse(cfg: TrainConfig, retrain: bool, progress: bool) -> None:
 
 
 def load_policy(config: TrainConfig, checkpoint: str | os.PathLike, settings: DecoderSettings) -> Policy:
-    from pi0_eqm.policies.policy_config import create_trained_policy
-
     return create_trained_policy(config, checkpoint, settings=settings)
 
 
 def evaluate_policy(policy: Policy, *, episodes_per_task: int, replan_every: int, seed: int, max_steps: int,
                     tasks=None, resolution: int = 64, videos_per_task: int = 0, video_dir=None,
                     progress: bool = True) -> dict[str, Any]:
-    from pi0_eqm.envs import evaluate as _ev
-    from pi0_eqm.envs.tasks import DEFAULT_TASKS
-
     return _ev.evaluate(policy, tasks=tuple(tasks or DEFAULT_TASKS), episodes_per_task=episodes_per_task, seed=seed,
                         max_steps=max_steps, replan_every=replan_every, resolution=resolution,
                         videos_per_task=videos_per_task, video_dir=video_dir, progress=progress)
@@ -142,10 +131,10 @@ def _json_default(x):
 
 
 def plot_success(rows: dict[str, dict[str, Any]], tasks, path: str | os.PathLike, title: str) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: plotting is optional (the `sim` extra installs matplotlib)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after the backend is chosen
 
     names = list(rows)
     x = np.arange(len(tasks) + 1)

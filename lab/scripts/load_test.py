@@ -3,8 +3,8 @@ environment ``scripts/openpi_client_env.sh`` builds), with micro-batching off an
 client sending garbage in the mix. Prints, per run: errors, throughput, client latency p50 / p90 / p99 and the
 server's batch sizes and RSS.
 
-    uv run scripts/load_test.py --config pi0_eqm_metaworld --checkpoint checkpoints/pi0_eqm_metaworld/main
-    uv run scripts/load_test.py --config debug_libero --random-init --clients 1 4 --requests 20
+    uv run lab/scripts/load_test.py --config pi0_eqm_metaworld --checkpoint checkpoints/pi0_eqm_metaworld/main
+    uv run lab/scripts/load_test.py --config debug_libero --random-init --clients 1 4 --requests 20
 
 Every client sends one uncounted request first, then waits for the others, then sends ``--requests`` requests
 back to back (the state moves a little per request, like a robot's). Bounded in count and time; the server binds
@@ -30,7 +30,7 @@ import tyro
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy import SERVING_CAPS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 CLIENT = textwrap.dedent("""
     import json, os, sys, time

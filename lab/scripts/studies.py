@@ -1,12 +1,12 @@
 """EqM solver studies on the embedded Meta-World benchmark, from the checkpoint the main job trained (``--exp-name
 main``), with the default (``action``) solver at a ``--max-iters`` cap of 20 forwards:
 
-    uv run scripts/studies.py threshold   # EqM success and forwards per chunk vs ε ∈ {1 … 1e-3, never}
-    uv run scripts/studies.py warmstart   # EqM forwards and success: cold / paper half-chunk / aligned
+    uv run lab/scripts/studies.py threshold   # EqM success and forwards per chunk vs ε ∈ {1 … 1e-3, never}
+    uv run lab/scripts/studies.py warmstart   # EqM forwards and success: cold / paper half-chunk / aligned
 
 Each writes ``<out>/<study>.json`` and ``<out>/<study>.png`` and prints a table. All runs of a study evaluate the same
 held-out configurations (same seed), so differences come from the decoder settings only. Flow vs EqM at matched
-budgets over several training seeds is ``scripts/decoder_study.py``.
+budgets over several training seeds is ``lab/scripts/decoder_study.py``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class Args:
 
 
 def _run(name: str, args: Args, settings) -> dict:
+    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.training.config import get_config
-    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     cfg = get_config(name)
     ckpt = os.path.join(args.checkpoint_base_dir, name, args.exp_name)
@@ -71,9 +71,9 @@ def _plot_lines(path, xs, series: dict, xlabel: str, ylabel: str, title: str, lo
 
 
 def main(args: Args) -> dict:
+    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
-    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     os.makedirs(args.out, exist_ok=True)
     rows: dict[str, dict] = {}

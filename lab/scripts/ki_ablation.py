@@ -1,9 +1,9 @@
 """Knowledge-insulation ablation on the embedded Meta-World benchmark: success vs training steps, with and without KI.
 
-    uv run scripts/ki_ablation.py                                  # EqM and flow, each with and without KI
-    uv run scripts/ki_ablation.py --arms eqm eqm_ki --episodes-per-task 10
-    uv run scripts/ki_ablation.py --arms eqm_joint     # FAST loss without stop-gradient (no insulation)
-    uv run scripts/ki_ablation.py --arms pi05_eqm_ki pi05_eqm pi05_flow_ki pi05_flow   # the same on π₀.5
+    uv run lab/scripts/ki_ablation.py                                  # EqM and flow, each with and without KI
+    uv run lab/scripts/ki_ablation.py --arms eqm eqm_ki --episodes-per-task 10
+    uv run lab/scripts/ki_ablation.py --arms eqm_joint     # FAST loss without stop-gradient (no insulation)
+    uv run lab/scripts/ki_ablation.py --arms pi05_eqm_ki pi05_eqm pi05_flow_ki pi05_flow   # the same on π₀.5
 
 Every arm trains with the same data, batch, steps, schedule and seed (``--exp-name ki_ablation``), keeps a checkpoint
 every ``--eval-every`` steps, and each kept step is evaluated closed loop on the same held-out configurations. The
@@ -97,12 +97,12 @@ def _plot(path: str, results: dict, title: str) -> None:
 
 
 def main(args: Args) -> dict:
+    from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.decoders.settings import DecoderSettings
     from pi0_eqm.envs.demos import generate_dataset
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
     from pi0_eqm.policies.policy_config import create_trained_policy
     from pi0_eqm.training.data_config import data_home
-    from pi0_eqm_experiments.benchmarks import metaworld as bench
 
     bad = [a for a in args.arms if a not in ARMS]
     if bad:

@@ -1,6 +1,6 @@
 """Offline EqM solver sweep on held-out expert states of the embedded benchmark (no closed loop).
 
-    uv run scripts/solver_sweep.py --checkpoint checkpoints/pi0_eqm_metaworld/main
+    uv run lab/scripts/solver_sweep.py --checkpoint checkpoints/pi0_eqm_metaworld/main
 
 For every solver setting: mean expert forwards per chunk, fraction that reached ε, final residual, and the chunk's
 RMS distance (normalized actions, real dims) to the expert's chunk and to the ``paper`` preset's 300-forward chunk
@@ -15,12 +15,13 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
+from pi0_eqm_experiments.analysis import offline  # noqa: E402
+from pi0_eqm_experiments.variants import EQM_TRAIN_VARIANTS  # noqa: E402
 
+from pi0_eqm.benchmarks import metaworld as bench  # noqa: E402
 from pi0_eqm.decoders.settings import DecoderSettings  # noqa: E402
 from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
 from pi0_eqm.training.config import get_config  # noqa: E402
-from pi0_eqm_experiments.analysis import offline  # noqa: E402
-from pi0_eqm_experiments.benchmarks import metaworld as bench  # noqa: E402
 
 # name → DecoderSettings (explicit, so a row keeps its meaning if the defaults change); "paper, never stop" is the
 # reference chunk.
@@ -52,7 +53,7 @@ SETTINGS = {
 class Args:
     checkpoint: str = "checkpoints/pi0_eqm_metaworld/main"
     config: str = "pi0_eqm_metaworld"
-    variant: str = "default"  # the EqM training variant the checkpoint was trained with (bench.EQM_TRAIN_VARIANTS)
+    variant: str = "default"  # the EqM training variant the checkpoint was trained with (EQM_TRAIN_VARIANTS)
     seed: int = 2000  # held out from demos (0) and closed-loop evaluation (1000)
     episodes_per_task: int = 2
     every: int = 8
@@ -60,10 +61,10 @@ class Args:
 
 
 def main(args: Args) -> dict:
-    if args.variant not in bench.EQM_TRAIN_VARIANTS:
-        raise ValueError(f"unknown --variant {args.variant!r}; expected one of {sorted(bench.EQM_TRAIN_VARIANTS)}")
+    if args.variant not in EQM_TRAIN_VARIANTS:
+        raise ValueError(f"unknown --variant {args.variant!r}; expected one of {sorted(EQM_TRAIN_VARIANTS)}")
     cfg = get_config(args.config)
-    decoder = dataclasses.replace(cfg.model.decoder, **bench.EQM_TRAIN_VARIANTS[args.variant])
+    decoder = dataclasses.replace(cfg.model.decoder, **EQM_TRAIN_VARIANTS[args.variant])
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, decoder=decoder))
     policy = bench.load_policy(cfg, args.checkpoint, DecoderSettings())
     states = offline.expert_states(DEFAULT_TASKS, seed=args.seed, episodes_per_task=args.episodes_per_task,

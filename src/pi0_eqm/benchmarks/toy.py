@@ -1,5 +1,5 @@
-"""Toy-task experiments: train a decoder on the generated toy task with the real training loop, then decode held-out
-toy batches (``scripts/demo.py``, ``scripts/benchmark_solver.py``)."""
+"""The toy task end to end: train a decoder on generated toy data with the real training loop, then decode held-out
+toy batches (``scripts/demo.py``; ``lab/scripts/benchmark_solver.py``)."""
 
 from __future__ import annotations
 

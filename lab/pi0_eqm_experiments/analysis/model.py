@@ -88,11 +88,11 @@ def load_or_train_policy(checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, *, 
     """The policy of ``checkpoint`` (a run or step directory, by default the main job's) if it exists, else of a quick
     model from :func:`train_quick_model` (``quick``: its keyword arguments). Returns ``(policy, info)`` with
     ``info = {"source": "checkpoint" | "quick", "run_dir", "step_dir", "config"}``."""
+    from pi0_eqm.benchmarks.metaworld import load_policy
     from pi0_eqm.decoders.settings import DecoderSettings
-    from pi0_eqm.training.config import get_config
     from pi0_eqm.training.checkpoint_dir import latest_step_dir
+    from pi0_eqm.training.config import get_config
     from pi0_eqm.training.config_record import read_config
-    from pi0_eqm_experiments.benchmarks.metaworld import load_policy
 
     settings = settings or DecoderSettings()
     if has_checkpoint(checkpoint):

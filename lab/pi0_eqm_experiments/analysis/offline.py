@@ -70,7 +70,7 @@ def batched_decode(policy, states: Sequence[ExpertState], settings, *, noise_see
     returns model-space ``actions [N, H, D]``, ``iterations``, ``residual``, ``converged``."""
     cfg = policy.config
     ds: DecodeSettings = policy.decoder.resolve(settings)
-    fn = policy._decode_fn(ds.variant)
+    fn = policy.compiled_decode(ds.variant)
     knobs = policy.decoder.traced(ds)
     noise = np.asarray(jax.random.normal(jax.random.key(noise_seed), (len(states), cfg.action_horizon, cfg.action_dim)))
     parts = []

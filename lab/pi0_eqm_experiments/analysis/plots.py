@@ -1,5 +1,5 @@
 """Matplotlib figures of EqM solver trajectories (for ``notebooks/solver_iterates.ipynb`` and
-``scripts/solver_figures.py``). Each function draws into the given axes (or a new figure) and returns the figure;
+``lab/scripts/solver_figures.py``). Each function draws into the given axes (or a new figure) and returns the figure;
 none of them touches global state other than creating a figure when no axes are passed."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """LeRobot reader benchmark: random-access samples/s (shuffled frames, images decoded) on a generated dataset in
 ``physical-intelligence/libero``'s layout.
 
-    uv run scripts/benchmark_reader.py [--episodes 24 --frames 200 --size 256] [--samples 800] [--threads 2]
+    uv run lab/scripts/benchmark_reader.py [--episodes 24 --frames 200 --size 256] [--samples 800] [--threads 2]
 
 The dataset (PNG images in parquet, as the LIBERO dataset stores them: smooth scenes with sensor noise, about the
 LIBERO PNG size) is generated once under ``--root`` and reused; ``--dataset`` measures an existing one instead.
@@ -13,14 +13,13 @@ separately). Prints the figures and writes ``--out`` (JSON).
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 import json
 from pathlib import Path
 import time
 
 import numpy as np
-import tyro
 
 
 @dataclasses.dataclass

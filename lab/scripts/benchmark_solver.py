@@ -4,7 +4,7 @@
 2. per-iteration time inside the while_loop divided by one standalone cached-prefix expert forward (goal ≤ 1.05),
 3. iterations to ε for cold vs warm start (paper half-chunk rule, aligned shift) on a model trained on the toy task.
 
-    uv run scripts/benchmark_solver.py [--train-steps 400] [--out results/benchmark_solver.json]
+    uv run lab/scripts/benchmark_solver.py [--train-steps 400] [--out results/benchmark_solver.json]
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+from pi0_eqm_experiments.benchmarks import solver as bench  # noqa: E402
 import tyro  # noqa: E402
 
+from pi0_eqm.benchmarks import toy  # noqa: E402
 from pi0_eqm.models.configs import model_config  # noqa: E402
-from pi0_eqm_experiments import toy  # noqa: E402
-from pi0_eqm_experiments.benchmarks import solver as bench  # noqa: E402
 
 
 @dataclasses.dataclass

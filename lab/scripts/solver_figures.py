@@ -1,8 +1,8 @@
 """EqM solver iterates on the trained Meta-World model, as PNG files (the figures of
 ``notebooks/solver_iterates.ipynb`` for users without Jupyter).
 
-    uv run scripts/solver_figures.py                          # → results/figures/*.png + solver_figures.json
-    uv run scripts/solver_figures.py --closed-loop-episodes 0 # skip the closed-loop threshold comparison
+    uv run lab/scripts/solver_figures.py                          # → results/figures/*.png + solver_figures.json
+    uv run lab/scripts/solver_figures.py --closed-loop-episodes 0 # skip the closed-loop threshold comparison
 
 Uses ``checkpoints/pi0_eqm_metaworld/main`` (the main job's model); if it is absent, trains a small model on the fly
 (a couple of minutes, under ``--workdir``). For each task, runs the policy closed loop for ``--num-chunks`` chunks,
@@ -48,13 +48,13 @@ def make_figures(args: Args) -> dict:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pi0_eqm.decoders.settings import DecoderSettings
-    from pi0_eqm.envs.metaworld import MetaWorldEnv
     from pi0_eqm_experiments.analysis import iterates as it
     from pi0_eqm_experiments.analysis import plots
     from pi0_eqm_experiments.analysis.model import load_or_train_policy
-    from pi0_eqm_experiments.benchmarks import metaworld as bench
+
+    from pi0_eqm.benchmarks import metaworld as bench
+    from pi0_eqm.decoders.settings import DecoderSettings
+    from pi0_eqm.envs.metaworld import MetaWorldEnv
 
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()

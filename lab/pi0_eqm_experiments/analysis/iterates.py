@@ -1,6 +1,6 @@
 """Inspecting EqM solver trajectories of a trained :class:`~pi0_eqm.policies.policy.Policy`.
 
-Used by ``notebooks/solver_iterates.ipynb`` and ``scripts/solver_figures.py``. Everything here is a pure function of
+Used by ``notebooks/solver_iterates.ipynb`` and ``lab/scripts/solver_figures.py``. Everything here is a pure function of
 its arguments (the only cache is ``jax.jit``'s compilation cache):
 
 * :func:`policy_model_inputs` — a robot observation dict → the batched model :class:`Observation` (the policy's own
@@ -82,7 +82,7 @@ def policy_model_inputs(policy, obs: Mapping[str, Any]) -> tuple[Observation, di
     Returns ``(Observation, transformed inputs)``; the transformed dict (unbatched) carries the normalized ``state``
     the output transforms need.
     """
-    inputs = policy._inputs(dict(obs))
+    inputs = policy.input_transform(dict(obs))
     batched = jax.tree.map(lambda x: np.asarray(x)[None], inputs)
     return Observation.from_dict(batched), inputs
 
@@ -99,7 +99,7 @@ def to_robot(policy, obs: Mapping[str, Any], model_actions: np.ndarray, inputs: 
     lead = model_actions.shape[:-2]
     flat = model_actions.reshape((-1, *model_actions.shape[-2:]))
     raw_state = _raw_state(obs)
-    out = [np.asarray(policy._outputs({"state": inputs["state"], "actions": a, "raw_state": raw_state})["actions"])
+    out = [np.asarray(policy.output_transform({"state": inputs["state"], "actions": a, "raw_state": raw_state})["actions"])
            for a in flat]
     return np.stack(out).reshape((*lead, *out[0].shape))
 
@@ -107,7 +107,7 @@ def to_robot(policy, obs: Mapping[str, Any], model_actions: np.ndarray, inputs: 
 def to_model(policy, obs: Mapping[str, Any], robot_actions: np.ndarray) -> np.ndarray:
     """A robot-space chunk ``[H, d]`` → model space ``[H, D]`` (the policy's action transforms: delta, normalize,
     pad), re-expressed relative to ``obs``'s state as the policy does for warm starts."""
-    model = policy._actions_in({"state": _raw_state(obs), "actions": np.asarray(robot_actions, np.float32)})["actions"]
+    model = policy.action_transform({"state": _raw_state(obs), "actions": np.asarray(robot_actions, np.float32)})["actions"]
     return _t.pad_to_dim(np.asarray(model, np.float32), policy.config.action_dim)
 
 
@@ -126,8 +126,8 @@ def policy_with_settings(policy, settings):
     ε for a closed-loop comparison) and fresh session state; nothing is reloaded."""
     from pi0_eqm.policies.policy import Policy
 
-    return Policy(policy.config, policy.params, input_transforms=(policy._inputs,),
-                  output_transforms=(policy._outputs,), action_transforms=(policy._actions_in,), settings=settings,
+    return Policy(policy.config, policy.params, input_transforms=(policy.input_transform,),
+                  output_transforms=(policy.output_transform,), action_transforms=(policy.action_transform,), settings=settings,
                   metadata=policy.metadata)
 
 

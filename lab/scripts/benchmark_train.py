@@ -2,7 +2,7 @@
 need — train-state bytes (params, trainable, AdamW, EMA) from ``jax.eval_shape`` and the compiled train step's
 ``memory_analysis()`` on abstract inputs; nothing full-size is materialised.
 
-    uv run scripts/benchmark_train.py [--configs debug_eqm pi0_eqm_metaworld] [--full-size pi0_eqm_libero ...]
+    uv run lab/scripts/benchmark_train.py [--configs debug_eqm pi0_eqm_metaworld] [--full-size pi0_eqm_libero ...]
                                       [--memory-batch-sizes 32 8] [--no-compile]
 """
 
@@ -63,9 +63,10 @@ def _timed_steps(name: str, batch_size: int, steps: int) -> dict:
 
 
 def main(args: Args) -> None:
-    from pi0_eqm.training.config import get_config
     from pi0_eqm_experiments.benchmarks.train_memory import GIB
     from pi0_eqm_experiments.benchmarks.train_memory import train_memory
+
+    from pi0_eqm.training.config import get_config
 
     print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
     if args.configs:

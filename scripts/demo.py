@@ -14,7 +14,6 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
-import tyro  # noqa: E402
 
 from pi0_eqm.benchmarks import toy  # noqa: E402
 from pi0_eqm.decoders.base import DecodeSettings  # noqa: E402
@@ -32,6 +31,8 @@ class Args:
     decoder: str = "eqm"  # eqm | flow
     seed: int = 0
     thresholds: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3)
+    max_iters: int = 200  # EqM forwards cap for the ε table (the default budget, 10, binds before any ε is reached)
+    progress: bool = True  # a progress bar while training
     out: str | None = None  # optional JSON file for the figures
 
 
@@ -43,18 +44,22 @@ def main(args: Args) -> dict:
           f"H={cfg.action_horizon}, D={cfg.action_dim} (4 real), prefix {cfg.prefix_len} tokens")
     t0 = time.time()
     params, losses = toy.train(cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               log_every=max(1, args.steps // 6), progress=False)
+                               log_every=max(1, args.steps // 6), progress=args.progress)
     train_s = time.time() - t0
     print(f"trained {args.steps} steps in {train_s:.1f} s ({train_s / args.steps * 1e3:.0f} ms/step); "
           f"loss {losses[:10].mean():.3f} -> {losses[-10:].mean():.3f}")
     rows = []
     if args.decoder == "eqm":
-        print(f"\n{'epsilon':>8} {'iters mean':>10} {'iters p90':>9} {'residual':>9} {'converged':>9} {'action RMSE':>11}")
-        for eps in args.thresholds:
-            r = toy.evaluate(cfg, params, settings=DecodeSettings(threshold=eps))
-            rows.append({"threshold": eps, **r})
-            print(f"{eps:>8.0e} {r['iterations_mean']:>10.1f} {r['iterations_p90']:>9.0f} {r['residual_mean']:>9.2e} "
-                  f"{r['converged_frac']:>9.2f} {r['action_rmse']:>11.3f}")
+        default = cfg.decoder.solver.max_iters
+        print(f"\n{'epsilon':>8} {'cap':>5} {'iters mean':>10} {'iters p90':>9} {'residual':>9} {'converged':>9} "
+              f"{'action RMSE':>11}")
+        runs = [(cfg.decoder.solver.threshold, default)] + [(eps, args.max_iters) for eps in args.thresholds]
+        for eps, cap in runs:
+            r = toy.evaluate(cfg, params, settings=DecodeSettings(threshold=eps, max_iters=cap))
+            rows.append({"threshold": eps, "max_iters": cap, **r})
+            print(f"{eps:>8.0e} {cap:>5d} {r['iterations_mean']:>10.1f} {r['iterations_p90']:>9.0f} "
+                  f"{r['residual_mean']:>9.2e} {r['converged_frac']:>9.2f} {r['action_rmse']:>11.3f}")
+        print(f"(first row: the default budget of {default} forwards; the others: ε with a cap of {args.max_iters})")
     else:
         r = toy.evaluate(cfg, params)
         rows.append(r)
@@ -69,4 +74,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    from pi0_eqm.cli import run
+
+    run(main, Args)

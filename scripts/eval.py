@@ -22,6 +22,13 @@ import tyro  # noqa: E402
 from pi0_eqm.decoders.settings import DecoderSettings  # noqa: E402
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalDecoderSettings(DecoderSettings):
+    """The decoder flags of ``DecoderSettings`` without ``--executed``: the evaluator executes ``--replan-every``."""
+
+    executed: tyro.conf.Suppress[int] = 5
+
+
 @dataclasses.dataclass
 class Args:
     checkpoint: str  # run dir (latest committed step is used), step dir, or exported dir
@@ -31,7 +38,7 @@ class Args:
     seed: int = 1000  # evaluation seed (demos use 0: held-out configurations)
     max_steps: int = 200
     tasks: tuple[str, ...] | None = None
-    decoder: Annotated[DecoderSettings, tyro.conf.OmitArgPrefixes] = DecoderSettings()  # executed := replan_every
+    decoder: Annotated[EvalDecoderSettings, tyro.conf.OmitArgPrefixes] = EvalDecoderSettings()
     videos_per_task: int = 0
     out: str = "results/eval"
 
@@ -42,7 +49,8 @@ def main(args: Args) -> dict:
     from pi0_eqm.policies.policy_config import resolve_checkpoint
 
     cfg, step_dir = resolve_checkpoint(args.checkpoint, args.config)
-    settings = dataclasses.replace(args.decoder, executed=args.replan_every)
+    fields = {f.name: getattr(args.decoder, f.name) for f in dataclasses.fields(DecoderSettings)}
+    settings = DecoderSettings(**{**fields, "executed": args.replan_every})
     policy = bench.load_policy(cfg, step_dir, settings)
     tasks = args.tasks or DEFAULT_TASKS
     result = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,

@@ -15,13 +15,23 @@ actions of each chunk, which is also the policy's ``executed`` setting.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
-from vla_eval.model_servers.predict import PredictModelServer
-from vla_eval.specs import IMAGE_RGB
-from vla_eval.specs import LANGUAGE
-from vla_eval.specs import RAW
+
+try:
+    from vla_eval.model_servers.predict import PredictModelServer
+    from vla_eval.specs import IMAGE_RGB
+    from vla_eval.specs import LANGUAGE
+    from vla_eval.specs import RAW
+except ModuleNotFoundError as e:
+    if __name__ != "__main__" or e.name is None or not e.name.startswith("vla_eval"):
+        raise
+    print(f"error: this server needs allenai's vla-eval harness ({e.name} is not installed); install the optional "
+          "extra with `uv sync --extra vla-eval` and run it with `uv run --extra vla-eval "
+          "examples/vla_eval/pi0_eqm_server.py ...`", file=sys.stderr)
+    sys.exit(2)
 
 from pi0_eqm.data.transforms import resize_with_pad
 from pi0_eqm.decoders.settings import DecoderSettings

@@ -36,3 +36,10 @@ def test_decoder_study_rejects_unknown_arms():
     proc = subprocess.run([sys.executable, str(REPO / "lab" / "scripts" / "decoder_study.py"), "--arms", "eqm-7"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "unknown arms ['eqm-7']" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_has_no_executed_flag():
+    """The evaluator executes --replan-every actions per chunk; an --executed flag it would overwrite is not offered."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "eval.py"), "--checkpoint", "x", "--executed", "3"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "--executed" in proc.stderr and "Traceback" not in proc.stderr

@@ -131,6 +131,19 @@ def test_tokenize_transform_writes_the_normalised_state():
         TokenizePrompt(tok, discrete_state=True)({"prompt": "x"})
 
 
+def test_discrete_state_bins_the_value_given_not_its_float32_rounding():
+    """openpi bins the state it is given: a float64 value just below a bin edge stays in the lower bin even where its
+    float32 rounding is the edge itself."""
+    edge = -1 + 2 * 130 / 256  # a bin edge, exact in float32
+    below = np.nextafter(edge, -np.inf)  # float64, within one float32 ulp of the edge
+    assert np.float32(below) == edge
+    tok = ByteTokenizer(max_len=96)
+    out = TokenizePrompt(tok, discrete_state=True)({"prompt": "x", "state": np.array([below])})
+    decoded = bytes(int(t) - 3 for t, m in zip(out["tokenized_prompt"][1:], out["tokenized_prompt_mask"][1:],
+                                               strict=True) if m).decode()
+    assert decoded == "Task: x, State: 129;\nAction: "
+
+
 def test_cached_decoding_equals_uncached_forward():
     cfg = model_config("pi05_tiny", EqmConfig())
     params = _flat(cfg.init(jax.random.key(0)))

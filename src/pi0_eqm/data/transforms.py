@@ -147,7 +147,7 @@ class TokenizePrompt:
         if self.discrete_state:
             if "state" not in data:
                 raise KeyError("this model writes the state into the prompt, but the sample has no 'state'")
-            state = np.asarray(data["state"], dtype=np.float32)
+            state = np.asarray(data["state"])  # binned as given (openpi): no cast that could move it across an edge
         tokens, mask = self.tokenizer.tokenize(prompt, state)
         out = {k: v for k, v in data.items() if k != "prompt"}
         return {**out, "tokenized_prompt": tokens, "tokenized_prompt_mask": mask}

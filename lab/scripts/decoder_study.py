@@ -64,8 +64,9 @@ ARMS: dict[str, Arm] = {
     "pi05-ki-flow-10": Arm("flow", {"max_iters": 10, "warm_start": "off"}, model="pi05_ki"),
     "pi05-ki-eqm-cold-eta03-10": Arm("eqm", {"preset": "action", **_DEFAULT, "max_iters": 10}, model="pi05_ki"),
 }
+DEFAULT_ARM = "eqm-cold-eta03-10-noguard"  # the library's default decoder settings (DecoderSettings())
 DEFAULT_ARMS = ("flow-5", "flow-10", "flow-20", "flow-300", "eqm-5", "eqm-10", "eqm-20", "eqm-paper-300",
-                "eqm-cold-eta03-10")
+                "eqm-cold-eta03-10", DEFAULT_ARM)
 # (a, b) pairs tested on the same episodes, when both arms ran.
 PAIRS = (("eqm-cold-eta03-10", "eqm-paper-300"), ("eqm-cold-eta03-10", "flow-10"), ("eqm-10", "eqm-paper-300"), ("eqm-5", "flow-5"), ("eqm-10", "flow-10"), ("eqm-20", "flow-20"),
          ("eqm-paper-300", "flow-300"), ("eqm-bb-10", "eqm-10"), ("eqm-eta03-10", "eqm-10"), ("eqm-cold-10", "eqm-10"), ("eqm-cold-eta03-10", "eqm-cold-10"), ("eqm-cold-eta03-10-noguard", "eqm-cold-eta03-10"),
@@ -186,12 +187,15 @@ def plot(path: Path, summary: dict) -> None:
         err = np.array([[y - summary[n]["ci95"][0], summary[n]["ci95"][1] - y] for n, y in zip(names, ys, strict=True)]).T
         if names:
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=color, label=f"{dec} (Wilson 95% CI)")
-    for n, marker in (("eqm-paper-300", "s"), ("eqm-bb-10", "^")):
+    extra = (("eqm-paper-300", "s", "tab:red"), ("eqm-bb-10", "^", "tab:green"),
+             (DEFAULT_ARM, "*", "black"))
+    for n, marker, color in extra:
         if n in summary:
             s = summary[n]
+            label = f"{n} (default)" if n == DEFAULT_ARM else n
             ax.errorbar([s["forwards_mean"]], [s["success_rate"]],
                         yerr=[[s["success_rate"] - s["ci95"][0]], [s["ci95"][1] - s["success_rate"]]],
-                        marker=marker, capsize=3, color="tab:red" if n.endswith("300") else "tab:green", label=n)
+                        marker=marker, markersize=10 if n == DEFAULT_ARM else 6, capsize=3, color=color, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("mean expert forwards per chunk")
     ax.set_ylabel("success (all seeds, all episodes)")
@@ -217,7 +221,9 @@ def main(args: Args) -> dict:
     runs = {a: [run_arm(args, a, s, data_path) for s in args.seeds] for a in args.arms}
     summary = {a: summarize(rs, args.tasks) for a, rs in runs.items()}
     pairs = {}
-    for a, b in PAIRS:
+    # The default arm against every other arm that ran, then the study's own pairs.
+    default_pairs = [(DEFAULT_ARM, a) for a in args.arms if a != DEFAULT_ARM] if DEFAULT_ARM in runs else []
+    for a, b in [*default_pairs, *(p for p in PAIRS if p not in default_pairs)]:
         if a in runs and b in runs:
             oa, ob = outcomes(runs[a]), outcomes(runs[b])
             keys = sorted(oa)

@@ -14,22 +14,25 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 def test_decoder_study_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("PI0_DATA_HOME", str(tmp_path / "data"))
     mod = load_script("decoder_study")
-    args = mod.Args(arms=("flow-5", "eqm-5", "eqm-paper-300"), seeds=(1, 2), episodes_per_task=1, max_steps=16,
+    args = mod.Args(arms=("flow-5", "eqm-5", "eqm-paper-300", mod.DEFAULT_ARM), seeds=(1, 2), episodes_per_task=1, max_steps=16,
                     demos_per_task=2, tasks=("handle-press-v3", "coffee-button-v3"), train_steps=8, batch_size=8,
                     out=str(tmp_path / "out"), checkpoint_base_dir=str(tmp_path / "ckpt"),
                     assets_base_dir=str(tmp_path / "assets"), progress=False)
     out = mod.main(args)
     s = out["summary"]
-    assert set(s) == {"flow-5", "eqm-5", "eqm-paper-300"}
+    assert set(s) == {"flow-5", "eqm-5", "eqm-paper-300", mod.DEFAULT_ARM}
     for arm in s.values():
         assert arm["n"] == 4 and set(arm["per_seed"]) == {1, 2} and 0 <= arm["success_rate"] <= 1
     assert s["flow-5"]["forwards_mean"] == 5
     assert 1 <= s["eqm-5"]["forwards_mean"] <= 5 and s["eqm-paper-300"]["forwards_mean"] > 5
     # Both EqM arms of a seed decode the same checkpoint; one run directory per (decoder, seed).
     runs = tmp_path / "out" / "runs"
-    ckpts = {json.loads((runs / a / "seed1_t8.json").read_text())["checkpoint"] for a in ("eqm-5", "eqm-paper-300")}
+    ckpts = {json.loads((runs / a / "seed1_t8.json").read_text())["checkpoint"]
+             for a in ("eqm-5", "eqm-paper-300", mod.DEFAULT_ARM)}
     assert len(ckpts) == 1
     assert sorted(p.name for p in (tmp_path / "ckpt" / "pi0_eqm_metaworld").iterdir()) == ["seed1_t8", "seed2_t8"]
+    # The default arm is paired with every other arm.
+    assert {f"{mod.DEFAULT_ARM} vs {a}" for a in ("flow-5", "eqm-5", "eqm-paper-300")} <= set(out["paired"])
     # The paired test is over the same (seed, task, episode) outcomes.
     pair = out["paired"]["eqm-5 vs flow-5"]
     a = [e["success"] for sd in (1, 2) for e in json.loads((runs / "eqm-5" / f"seed{sd}_t8.json").read_text())["episodes"]]

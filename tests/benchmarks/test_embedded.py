@@ -22,6 +22,8 @@ def test_embedded_benchmark_end_to_end(tmp_path, monkeypatch):
     for row in summary.values():
         assert row["episodes"] == 2 and 0.0 <= row["mean_success"] <= 1.0
         assert set(row["per_task"]) == {"handle-press-v3", "coffee-button-v3"}
+        for t, (lo, hi) in row["per_task_ci95"].items():  # per-task Wilson CIs (drawn in success.png)
+            assert 0.0 <= lo <= row["per_task"][t] <= hi <= 1.0
         assert row["latency_ms_mean"] > 0
     assert 1 <= summary["pi0_eqm_metaworld"]["iters_mean"] <= 300
     assert summary["pi0_metaworld"]["iters_mean"] == 10  # flow: 10 Euler steps per chunk

@@ -92,6 +92,7 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
         "latency_ms_mean": 1e3 * float(np.mean(lat)) if lat else None,
         "latency_ms_p90": 1e3 * float(np.percentile(lat, 90)) if lat else None,
         "per_task": {t: s["success_rate"] for t, s in result["per_task"].items()},
+        "per_task_ci95": {t: s["ci95"] for t, s in result["per_task"].items()},
     }
 
 
@@ -146,6 +147,14 @@ def plot_success(rows: dict[str, dict[str, Any]], tasks, path: str | os.PathLike
         pos = x + (i - (len(names) - 1) / 2) * width
         fwd = f", {r['iters_mean']:.0f} forwards/chunk" if r.get("iters_mean") is not None else ""
         bars = ax.bar(pos, vals, width, label=f"{name}{fwd}")
+        task_ci = r.get("per_task_ci95") or {}
+        tasks_with_ci = [i for i, t in enumerate(tasks) if task_ci.get(t) is not None]
+        if tasks_with_ci:  # per-task Wilson 95% CIs
+            ys = np.array([vals[i] for i in tasks_with_ci])
+            los = np.array([task_ci[tasks[i]][0] for i in tasks_with_ci])
+            his = np.array([task_ci[tasks[i]][1] for i in tasks_with_ci])
+            ax.errorbar(pos[tasks_with_ci], ys, yerr=[ys - los, his - ys], fmt="none", ecolor="0.3", elinewidth=0.8,
+                        capsize=2)
         if r.get("ci95") is not None:  # pooled Wilson 95% CI on the overall success
             lo, hi = r["ci95"]
             y = r["overall_success"]
@@ -154,7 +163,7 @@ def plot_success(rows: dict[str, dict[str, Any]], tasks, path: str | os.PathLike
                     color=bars[-1].get_facecolor())
     ax.set_xticks(x, [t.replace("-v3", "") for t in tasks] + ["MEAN"], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.1 + 0.04 * len(names))
-    ax.set_ylabel("success rate (MEAN: pooled, Wilson 95% CI)")
+    ax.set_ylabel("success rate (Wilson 95% CIs; MEAN pooled)")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -63,11 +63,11 @@ def test_one_compiled_decode_serves_every_solver_setting(trained_libero):
     iters = [policy.infer({**libero_obs(rng), "decoder_settings": r}, session="s")["solver"]["iterations"]
              for r in requests]
     assert iters[0] == 3 and iters[1] == 7 and iters[2] == 4 and iters[4] <= 5 and iters[5] <= 6
-    assert list(policy._decode_cache) == ["nesterov"]
-    assert policy._decode_cache["nesterov"]._cache_size() == 1
+    assert list(policy._decode_cache) == [("nesterov", False)]
+    assert policy._decode_cache[("nesterov", False)]._cache_size() == 1
     out = policy.infer({**libero_obs(rng), "decoder_settings": {"preset": "bb", "max_iters": 4}}, session="s")
     assert 1 <= out["solver"]["iterations"] <= 4
-    assert sorted(policy._decode_cache) == ["bb", "nesterov"]
+    assert sorted(policy._decode_cache) == [("bb", False), ("nesterov", False)]
     # The preset's values are what ran: the paper preset's cap applies when the request gives none.
     resolved = policy.decoder.resolve(DecoderSettings(preset="paper"))
     assert (resolved.step_size, resolved.momentum, resolved.max_iters, resolved.guard) == (0.003, 0.3, 300, False)

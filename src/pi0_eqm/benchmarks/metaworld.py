@@ -14,6 +14,7 @@ import numpy as np
 
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.envs import evaluate as _ev
+from pi0_eqm.envs.realtime import RealtimeConfig
 from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.policies.policy import Policy
 from pi0_eqm.policies.policy_config import create_trained_policy
@@ -70,10 +71,13 @@ def load_policy(config: TrainConfig, checkpoint: str | os.PathLike, settings: De
 
 def evaluate_policy(policy: Policy, *, episodes_per_task: int, replan_every: int, seed: int, max_steps: int,
                     tasks=None, resolution: int = 64, videos_per_task: int = 0, video_dir=None,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, realtime: RealtimeConfig | None = None) -> dict[str, Any]:
+    """``envs.evaluate.evaluate`` on the policy; under ``realtime`` the discontinuities are in the policy's normalized
+    action units."""
     return _ev.evaluate(policy, tasks=tuple(tasks or DEFAULT_TASKS), episodes_per_task=episodes_per_task, seed=seed,
                         max_steps=max_steps, replan_every=replan_every, resolution=resolution,
-                        videos_per_task=videos_per_task, video_dir=video_dir, progress=progress)
+                        videos_per_task=videos_per_task, video_dir=video_dir, progress=progress, realtime=realtime,
+                        normalize=lambda state, a: policy.action_transform({"state": state, "actions": a})["actions"])
 
 
 def summary_row(result: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,9 @@ A decoder (``Decoder`` below; one class per ``kind``, registered in ``pi0_eqm.de
   (one uncached forward over prefix + suffix);
 * inference: ``resolve(DecoderSettings) -> DecodeSettings`` (every field filled from the request, the preset or the
   config), ``traced(DecodeSettings)`` (the values a compiled decode takes as arguments) and ``decode(params, obs, rng,
-  *, init=None, settings=None, record=False) -> (actions, DecodeStats)``: compute the prefix KV cache once, then
-  iterate only the action expert against it.
+  *, init=None, settings=None, prefix=None, record=False) -> (actions, DecodeStats)``: compute the prefix KV cache
+  once, then iterate only the action expert against it; ``prefix`` (``decoders.realtime.Prefix``) is the committed
+  prefix and overlap of real-time chunking, which the decoder honours in its own way (``prefix_method``).
 
 Callers use only these members; none branches on which decoder runs.
 """
@@ -37,6 +38,7 @@ class DecodeStats:
     iterates: jax.Array | None = None  # [K+1, B, H, D] when record=True
     lookaheads: jax.Array | None = None  # [K, B, H, D]
     residuals: jax.Array | None = None  # [K, B]
+    vjps: jax.Array | None = None  # [B] int32: VJPs through the expert (flow's RTC guidance: one per Euler step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,7 @@ class DecodeSettings:
 class Decoder(Protocol):
     kind: ClassVar[str]  # the ``kind`` of the decoder config it runs ("flow", "eqm")
     warm_starts: ClassVar[bool]  # whether ``decode(init=...)`` may be seeded from the previous chunk
+    prefix_method: ClassVar[str]  # what ``decode(prefix=...)`` does: "rtc_guided" (flow), "inpaint" (EqM)
     config: Pi0Config
     model: Pi0
 
@@ -77,5 +80,6 @@ class Decoder(Protocol):
         *,
         init: jax.Array | None = None,
         settings: DecodeSettings | None = None,
+        prefix: Any = None,
         record: bool = False,
     ) -> tuple[jax.Array, DecodeStats]: ...

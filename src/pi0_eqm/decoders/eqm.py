@@ -16,6 +16,7 @@ import numpy as np
 
 from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.base import DecodeStats
+from pi0_eqm.decoders.realtime import Prefix
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.solver import solve
 from pi0_eqm.models.decoder_config import EqmConfig
@@ -59,6 +60,7 @@ def eqm_training_pair(actions: jax.Array, rng: jax.Array, eqm: EqmConfig,
 class EqmDecoder:
     kind: ClassVar[str] = "eqm"
     warm_starts: ClassVar[bool] = True
+    prefix_method: ClassVar[str] = "inpaint"  # what decode(prefix=...) does (decoders.realtime)
 
     def __init__(self, config: Pi0Config):
         if not isinstance(config.decoder, EqmConfig):
@@ -126,7 +128,9 @@ class EqmDecoder:
         return solver
 
     def decode(self, params, obs: Observation, rng: jax.Array, *, init=None, settings: DecodeSettings | None = None,
-               record: bool = False):
+               prefix: Prefix | None = None, record: bool = False):
+        """The solver from ``init`` (default: noise); with ``prefix`` the committed rows are clamped inside it
+        (inpainting, no extra forwards) and the overlap rows optionally pulled toward the old plan."""
         cfg = self.config
         b = obs.state.shape[0]
         shape = (b, cfg.action_horizon, cfg.action_dim)
@@ -136,7 +140,7 @@ class EqmDecoder:
         s = settings or DecodeSettings()
         result = solve(self.field_fn(params, obs), a0, self.solver_config(settings, record), cfg.action_dim_mask(),
                        step_size=s.step_size, momentum=s.momentum, threshold=s.threshold, max_iters=s.max_iters,
-                       guard=s.guard, record=record)
+                       guard=s.guard, prefix=prefix, record=record)
         stats = DecodeStats(iterations=result.iterations, residual=result.residual, converged=result.converged,
                             iterates=result.iterates, lookaheads=result.lookaheads, residuals=result.residuals)
         return result.actions, stats

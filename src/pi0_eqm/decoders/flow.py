@@ -1,4 +1,9 @@
-"""openpi flow-matching decoder: t = 1 noise, x_t = t·ε + (1−t)·A, target ε − A, Euler from t = 1 to t = 0."""
+"""openpi flow-matching decoder: t = 1 noise, x_t = t·ε + (1−t)·A, target ε − A, Euler from t = 1 to t = 0.
+
+With a ``Prefix`` (``decoders.realtime``) every Euler step is RTC's guided inpainting (Black, Galliker, Levine 2025,
+Algorithm 1) in openpi's time direction: Â(x) = x − t·v(x) is the predicted chunk, g = (∂Â/∂x)ᵀ (W ⊙ (Y − Â)) one
+VJP through the action expert, and the step uses v − w·g with w = min(β, (1−τ)/(τ r_τ²)), τ = 1 − t (RTC's time).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import numpy as np
 
 from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.base import DecodeStats
+from pi0_eqm.decoders.realtime import Prefix
+from pi0_eqm.decoders.realtime import rtc_guidance_weight
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.solver import normalized_residual
 from pi0_eqm.models.decoder_config import FlowConfig
@@ -21,6 +28,7 @@ from pi0_eqm.models.pi0 import Pi0Config
 class FlowDecoder:
     kind: ClassVar[str] = "flow"
     warm_starts: ClassVar[bool] = False
+    prefix_method: ClassVar[str] = "rtc_guided"  # what decode(prefix=...) does (decoders.realtime)
 
     def __init__(self, config: Pi0Config):
         if not isinstance(config.decoder, FlowConfig):
@@ -54,7 +62,7 @@ class FlowDecoder:
         return jnp.mean(jnp.square(v_t - u_t), axis=-1)
 
     def decode(self, params, obs: Observation, rng: jax.Array, *, init=None, settings: DecodeSettings | None = None,
-               record: bool = False):
+               prefix: Prefix | None = None, record: bool = False):
         cfg = self.config
         num_steps = self.flow.num_steps
         if settings is not None and settings.max_iters is not None:
@@ -71,10 +79,21 @@ class FlowDecoder:
             return self.model.apply(variables, kv_cache, prefix_mask, obs.state, x, jnp.broadcast_to(t, (b,)),
                                     method=Pi0.expert_field)
 
+        dim_mask = cfg.action_dim_mask().astype(jnp.float32)
+
         def step(carry, _):
             x, t, _ = carry
-            v = velocity(x, t)
-            return (x + dt * v, t + dt, v), (x if record else None)
+            if prefix is None:
+                v = velocity(x, t)
+                return (x + dt * v, t + dt, v), (x if record else None)
+            v, vjp_fn = jax.vjp(lambda y: velocity(y, t), x)
+            a_hat = x - t * v
+            err = (prefix.actions - a_hat) * prefix.weights[..., None] * dim_mask
+            # Â = x − t·v(x): (∂Â/∂x)ᵀ e = e − t·(∂v/∂x)ᵀ e
+            g = err - t * vjp_fn(err)[0]
+            w = rtc_guidance_weight(1.0 - t, prefix.max_guidance)[:, None, None]
+            v_guided = v - w * g
+            return (x + dt * v_guided, t + dt, v), (x if record else None)
 
         carry0 = (x0, jnp.float32(1.0), jnp.zeros(shape))
         if record:
@@ -83,6 +102,7 @@ class FlowDecoder:
             x, _, v_last = jax.lax.fori_loop(0, n, lambda _, c: step(c, None)[0], carry0)
         stats = DecodeStats(
             iterations=jnp.full((b,), n, jnp.int32),
+            vjps=jnp.full((b,), n if prefix is not None else 0, jnp.int32),
             residual=normalized_residual(v_last, cfg.action_dim_mask()),
             converged=jnp.ones((b,), bool),
         )

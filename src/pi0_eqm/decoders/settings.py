@@ -37,6 +37,9 @@ class DecoderSettings:
     warm_start: WarmStartMode = "off"  # EqM only; "aligned" cost success on the embedded benchmark (README)
     executed: int = 5  # actions executed from a chunk before the next request (openpi LIBERO: replan every 5)
     max_reuse: int | None = None
+    # Real-time chunking (requests that carry committed actions; decoders.realtime):
+    rtc_guidance: float = 5.0  # flow: RTC's guidance clip β
+    inpaint_pull: float = 0.0  # EqM: per-iteration pull of the overlap rows toward the old plan, in [0, 1]
 
     def __post_init__(self):
         check_choice("warm_start", self.warm_start, WarmStartMode)
@@ -49,6 +52,10 @@ class DecoderSettings:
                 raise ValueError(f"{name} must be an int in [0, {MAX_CHUNK_STEPS}], got {v!r:.40}")
         if self.guard is not None and not isinstance(self.guard, bool):
             raise ValueError(f"guard must be true or false, got {self.guard!r}")
+        for name, hi in (("rtc_guidance", 1e3), ("inpaint_pull", 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= hi:
+                raise ValueError(f"{name} must be a number in [0, {hi:g}], got {v!r:.40}")
         check_solver_values(variant=self.variant, step_size=self.step_size, momentum=self.momentum,
                             max_iters=self.max_iters, threshold=self.threshold)
 

@@ -21,6 +21,11 @@ hit ``max_iters`` return ``A_K`` with the residual of their last lookahead. Conv
 others continue; the loop ends when all samples have converged or at the cap. ``A_{−1} = A_0`` (momentum starts at
 zero, and resets for every new chunk). Every iteration is one field evaluation (one expert forward). The iterate and
 residual are kept in float32. ``variant`` and ``record`` are compiled in; η, μ, ε, the cap and the guard are traced.
+
+Inpainting (``prefix``, ``decoders.realtime``): the committed rows of A_0 and of every iterate equal the prefix's
+actions exactly (so every lookahead, and the returned chunk, has them too); with ``pull`` > 0 each step also moves the
+overlap rows a fraction ``pull · W_i`` of the way toward the old plan. The residual (and so the stop) is over the free
+rows only. No extra forwards.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from pi0_eqm.decoders.realtime import Prefix
+from pi0_eqm.decoders.realtime import clamp_committed
 from pi0_eqm.models.decoder_config import SolverConfig
 
 FieldFn = Callable[[jax.Array], jax.Array]
@@ -50,14 +57,19 @@ class SolveResult:
     residuals: jax.Array | None = None  # [K, B]
 
 
-def normalized_residual(field: jax.Array, dim_mask: jax.Array | None) -> jax.Array:
-    """RMS of ``field [B, H, D]`` over real entries: ‖f ⊙ m‖ / sqrt(H · Σ m) → ``[B]``."""
+def normalized_residual(field: jax.Array, dim_mask: jax.Array | None, row_mask: jax.Array | None = None) -> jax.Array:
+    """RMS of ``field [B, H, D]`` over real entries: ‖f ⊙ m‖ / sqrt(H · Σ m) → ``[B]``; with ``row_mask [B, H]`` over
+    those rows only (‖f ⊙ m ⊙ r‖ / sqrt(Σ r · Σ m))."""
     field = field.astype(jnp.float32)
     if dim_mask is None:
         dim_mask = jnp.ones(field.shape[-1], bool)
     m = dim_mask.astype(jnp.float32)
-    n = field.shape[-2] * jnp.sum(m)
-    return jnp.sqrt(jnp.sum(jnp.square(field) * m, axis=(-2, -1)) / n)
+    if row_mask is None:
+        n = field.shape[-2] * jnp.sum(m)
+        return jnp.sqrt(jnp.sum(jnp.square(field) * m, axis=(-2, -1)) / n)
+    r = row_mask.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(r, axis=-1), 1.0) * jnp.sum(m)
+    return jnp.sqrt(jnp.sum(jnp.square(field) * m * r[..., None], axis=(-2, -1)) / n)
 
 
 def _bb_step(s: jax.Array, y: jax.Array, lo, hi) -> jax.Array:
@@ -78,6 +90,7 @@ def solve(
     threshold: jax.Array | float | None = None,
     max_iters: jax.Array | int | None = None,
     guard: jax.Array | bool | None = None,
+    prefix: Prefix | None = None,
     record: bool = False,
 ) -> SolveResult:
     """Runs the solver from ``init [B, H, D]``.
@@ -85,7 +98,7 @@ def solve(
     ``config.variant`` and ``record`` are static. ``step_size``, ``momentum``, ``threshold``, ``max_iters`` and
     ``guard`` default to the config's values and may be traced arrays, so one compiled decoder serves every setting
     (with ``record=True`` the trajectory buffers are sized by ``config.max_iters``, which then also caps the loop).
-    A threshold <= 0 never stops early.
+    A threshold <= 0 never stops early. ``prefix`` inpaints the committed rows (module docstring).
     """
     eta = jnp.asarray(config.step_size if step_size is None else step_size, jnp.float32)
     mu = jnp.asarray(config.momentum if momentum is None else momentum, jnp.float32)
@@ -99,9 +112,18 @@ def solve(
     if config.residual_dims == "all":
         dim_mask = None
 
-    a0 = init.astype(jnp.float32)
+    a0 = clamp_committed(init.astype(jnp.float32), prefix)
     b = a0.shape[0]
     bcast = lambda v: v[:, None, None]
+    free_rows = None if prefix is None else ~prefix.committed
+    if prefix is not None:
+        target = prefix.actions.astype(jnp.float32)
+        soft = jnp.where(prefix.committed, 0.0, prefix.weights) * prefix.pull[:, None]  # [B, H]
+
+    def inpaint(a):
+        if prefix is None:
+            return a
+        return clamp_committed(a + soft[..., None] * (target - a), prefix)
 
     def cond(carry):
         k, active = carry[0], carry[7]
@@ -111,7 +133,7 @@ def solve(
         k, a, a_prev, f_prev, r, step, iters, active = carry[:8]
         look = a if variant in ("gd", "bb") else a + mu * (a - a_prev)
         f = field_fn(look).astype(jnp.float32)
-        r_now = normalized_residual(f, dim_mask)
+        r_now = normalized_residual(f, dim_mask, free_rows)
         conv = active & (eps > 0) & (r_now < eps)
         if variant == "bb":
             step = jnp.where(iters == 0, eta, _bb_step(a - a_prev, f - f_prev, bb_lo, bb_hi))
@@ -119,7 +141,7 @@ def solve(
         else:
             restart = active & use_guard & (iters > 0) & (r_now > r)
             step = jnp.where(restart, 0.5 * step, step)
-        a_step = (look if variant == "nesterov" else a) - bcast(step) * f
+        a_step = inpaint((look if variant == "nesterov" else a) - bcast(step) * f)
         moving = active & ~conv
         a_next = jnp.where(bcast(moving), a_step, jnp.where(bcast(conv), look, a))
         a_prev_next = jnp.where(bcast(moving & ~restart), a, jnp.where(bcast(moving), a_next, look))

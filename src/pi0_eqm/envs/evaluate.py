@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pi0_eqm.envs import metaworld as mw
+from pi0_eqm.envs import realtime as rtm
 from pi0_eqm.envs.stats import success_summary
 
 EVAL_SEED = 1000  # default evaluation seed; demos default to seed 0, so evaluation configurations are held out
@@ -150,6 +151,9 @@ class _EpisodeLog:
     stats: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     env_s: float = 0.0
     video: str | None = None
+    jumps: list[float] = dataclasses.field(default_factory=list)  # real-time: discontinuity per chunk boundary
+    delays: list[int] = dataclasses.field(default_factory=list)  # real-time: the delay of each chunk (control steps)
+    broker_errors: list[str] = dataclasses.field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -165,6 +169,10 @@ class _EpisodeLog:
             "stats": self.stats,
             "stats_mean": {k: _mean(v) for k, v in self.stats.items()},
             "video": self.video,
+            "jumps": self.jumps,
+            "jump_mean": _mean(self.jumps),
+            "delays": self.delays,
+            "broker_errors": self.broker_errors,
         }
 
 
@@ -175,8 +183,11 @@ def run_episode(
     replan_every: int,
     frames: list[np.ndarray] | None = None,
     frame_scale: int = 1,
+    realtime: rtm.RealtimeConfig | None = None,
+    normalize: rtm.Normalize | None = None,
 ) -> dict[str, Any]:
-    """One closed-loop episode of ``policy`` on ``env`` (configuration ``episode``); returns its record."""
+    """One closed-loop episode of ``policy`` on ``env`` (configuration ``episode``); returns its record. With
+    ``realtime`` the episode runs under inference delay (``pi0_eqm.envs.realtime``; ``replan_every`` is s)."""
     log = _EpisodeLog(env.task, episode)
     t0 = time.perf_counter()
     obs = env.reset(episode)
@@ -185,6 +196,8 @@ def run_episode(
         policy.reset()
     if frames is not None:
         frames.append(_frame(obs, frame_scale))
+    if realtime is not None:
+        return _realtime_episode(policy, env, episode, replan_every, frames, frame_scale, realtime, normalize, log, obs)
     while not env.done:
         t0 = time.perf_counter()
         result = policy.infer(dict(obs))
@@ -206,6 +219,41 @@ def run_episode(
             if step_obs is not None:
                 obs = step_obs
         log.env_s += time.perf_counter() - t0
+    log.steps, log.success = env.num_steps, env.success
+    if env.success:
+        log.success_step = env.num_steps
+    return log.record()
+
+
+def _realtime_episode(policy, env, episode, execute, frames, frame_scale, rt, normalize, log, obs) -> dict[str, Any]:
+    runner = rtm.Runner(env, log, frames, lambda o: _frame(o, frame_scale))
+    runner.obs = obs
+    where = lambda: f"{env.task} episode {episode} step {env.num_steps}"
+
+    def record(result, seconds):
+        log.latency_s.append(seconds)
+        for name, value in scalar_stats(result).items():
+            log.stats.setdefault(name, []).append(value)
+
+    def infer(request):
+        t0 = time.perf_counter()
+        result = policy.infer(request)
+        record(result, time.perf_counter() - t0)
+        return _check_actions(result["actions"], where())
+
+    if rt.wall_clock:
+        def on_reply(reply, seconds, delay):
+            _check_actions(reply["actions"], where())
+            record(reply, seconds)
+            log.delays.append(delay)
+
+        try:
+            rtm.wall_clock_episode(policy, runner, execute, rt, on_reply, log)
+        except rtm.ChunkExhaustedError as e:
+            log.broker_errors.append(str(e))
+    else:
+        rtm.simulated_episode(policy, runner, infer, execute, rt, normalize, log.jumps)
+        log.delays = [rt.delay] * len(log.latency_s)
     log.steps, log.success = env.num_steps, env.success
     if env.success:
         log.success_step = env.num_steps
@@ -237,13 +285,16 @@ def evaluate(
     video_fps: int = 20,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
+    realtime: rtm.RealtimeConfig | None = None,
+    normalize: rtm.Normalize | None = None,
 ) -> dict[str, Any]:
     """Closed-loop success of ``policy`` on ``episodes_per_task`` held-out configurations of each task.
 
     Episode ``e`` of task ``t`` is configuration ``e`` of ``MetaWorldEnv(t, seed)``, so two policies evaluated with
     the same arguments see identical initial states. ``videos_per_task`` first episodes of each task are saved as
     MP4 (image | wrist image) in ``video_dir``. ``on_episode`` receives each episode record as soon as it finishes
-    (e.g. to append JSONL). Returns ``{"config", "versions", "episodes", "per_task", "mean_success", "overall",
+    (e.g. to append JSONL). ``realtime`` runs every episode under inference delay (``pi0_eqm.envs.realtime``;
+    ``normalize`` maps robot actions to normalized units for the discontinuity). Returns ``{"config", "versions", "episodes", "per_task", "mean_success", "overall",
     "timing"}``; ``mean_success`` is the unweighted mean over tasks, ``overall`` pools all episodes (Wilson 95% CI).
     """
 
@@ -258,6 +309,8 @@ def evaluate(
         raise ValueError(f"replan_every must be >= 1, got {replan_every}")
     if videos_per_task > 0 and video_dir is None:
         raise ValueError("videos_per_task > 0 needs a video_dir")
+    if realtime is not None:
+        realtime.check(replan_every)
     if not callable(getattr(policy, "infer", None)):
         raise TypeError(f"policy must have an infer(obs) -> dict method, got {type(policy).__name__}")
     frame_scale = max(1, -(-128 // resolution))  # upscale small frames so videos are watchable
@@ -265,6 +318,7 @@ def evaluate(
     config = {
         "tasks": tasks, "episodes_per_task": episodes_per_task, "seed": seed, "max_steps": max_steps,
         "replan_every": replan_every, "resolution": resolution, "privileged_obs": privileged_obs,
+        "realtime": dataclasses.asdict(realtime) if realtime is not None else None,
         "prompts": {t: mw.instruction(t) for t in tasks},
     }  # fmt: skip
     episodes: list[dict[str, Any]] = []
@@ -277,7 +331,7 @@ def evaluate(
                 task_records = []
                 for ep in range(episodes_per_task):
                     frames: list[np.ndarray] | None = [] if ep < videos_per_task else None
-                    rec = run_episode(policy, env, ep, replan_every, frames, frame_scale)
+                    rec = run_episode(policy, env, ep, replan_every, frames, frame_scale, realtime, normalize)
                     if frames:
                         rec["video"] = str(write_video(frames, Path(video_dir) / f"{task}_ep{ep:03d}", video_fps))
                     task_records.append(rec)

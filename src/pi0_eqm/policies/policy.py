@@ -32,6 +32,8 @@ import numpy as np
 from pi0_eqm.data import transforms as _t
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.decoders.base import DecodeSettings
+from pi0_eqm.decoders.realtime import Prefix
+from pi0_eqm.decoders.realtime import prefix_weights
 from pi0_eqm.decoders.settings import SETTINGS_KEY
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.warm_start import warm_start_init
@@ -39,6 +41,8 @@ from pi0_eqm.errors import InvalidRequestError
 from pi0_eqm.models.observation import Observation
 from pi0_eqm.models.pi0 import Pi0Config
 from pi0_eqm.policies.episodes import EpisodeDetection
+from pi0_eqm.serving.realtime import COMMITTED_KEY
+from pi0_eqm.serving.realtime import OVERLAP_KEY
 
 _MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
 
@@ -86,6 +90,8 @@ class Request:
     init: np.ndarray | None = None  # [H, action_dim] solver start (``initial_chunk``)
     warm: bool = False
     new_episode: str | None = None  # what marked a new episode ("prompt", "gap", "state"), if anything
+    prefix: tuple[np.ndarray, np.ndarray] | None = None  # real-time chunking: ([H, action_dim] model space, W [H])
+    prefix_rows: int = 0  # d, the committed rows of ``prefix``
 
 
 @dataclasses.dataclass
@@ -96,6 +102,7 @@ class Decoded:
     converged: bool
     batch_size: int
     decode_ms: float
+    vjps: int = 0
 
 
 class Policy:
@@ -156,7 +163,9 @@ class Policy:
         """What the policy assumes about its clients, for the server's metadata frame."""
         return {"executed_actions_per_chunk": self.settings.executed,
                 "warm_start": self.settings.warm_start if self.decoder.warm_starts else "off",
-                "new_episode_detection": self.episodes.describe(), "action_horizon": self.config.action_horizon}
+                "new_episode_detection": self.episodes.describe(), "action_horizon": self.config.action_horizon,
+                "realtime": {"prefix_method": self.decoder.prefix_method, "request_keys": [COMMITTED_KEY, OVERLAP_KEY],
+                             "max_delay": self.config.action_horizon - 1}}
 
     # -------------------------------------------------------------------------------------------- stages
     def prepare(self, obs: dict, session: Any = None) -> Request:
@@ -166,6 +175,7 @@ class Policy:
         ds = self.decoder.resolve(settings)
         knobs = self.decoder.traced(ds)
         self.caps.check(ds)
+        committed, overlap = obs.pop(COMMITTED_KEY, None), obs.pop(OVERLAP_KEY, None)
         prompt = obs.get("prompt")
         with np.errstate(over="ignore", invalid="ignore"):  # an overflowing state is refused just below
             raw_state = np.asarray(obs.get("observation/state", obs.get("state", np.zeros(0))), np.float32)
@@ -173,7 +183,45 @@ class Policy:
         if not np.all(np.isfinite(inputs["state"])):
             raise InvalidRequestError("the state normalises to non-finite values (it overflows float32); expected "
                                       "a state in the robot's range")
-        return Request(session, settings, ds, knobs, inputs, raw_state, prompt)
+        req = Request(session, settings, ds, knobs, inputs, raw_state, prompt)
+        if committed is not None:
+            req.prefix, req.prefix_rows = self._prefix(committed, overlap, raw_state)
+        elif overlap is not None:
+            raise InvalidRequestError(f"{OVERLAP_KEY} needs {COMMITTED_KEY} (the rows executing during inference)")
+        return req
+
+    def _prefix(self, committed, overlap, raw_state) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+        """The committed rows and the overlap (robot units) → model space through the warm start's action transforms,
+        padded to ``[H, action_dim]``, with their weights ``W [H]``."""
+        cfg = self.config
+        dim, h = cfg.real_action_dim or cfg.action_dim, cfg.action_horizon
+        rows = []
+        for key, value in ((COMMITTED_KEY, committed), (OVERLAP_KEY, overlap)):
+            if value is None:
+                rows.append(np.zeros((0, dim), np.float32))
+                continue
+            arr = np.asarray(value)
+            if arr.ndim != 2 or arr.shape[1] != dim or arr.dtype.kind not in "fiu":
+                raise InvalidRequestError(f"{key} must be a [rows, {dim}] array of numbers (robot units), got "
+                                          f"{arr.dtype} {arr.shape}")
+            with np.errstate(over="ignore"):
+                arr = arr.astype(np.float32)
+            if not np.all(np.isfinite(arr)):
+                raise InvalidRequestError(f"{key} holds non-finite values")
+            rows.append(arr)
+        d, m = len(rows[0]), len(rows[1])
+        if not 1 <= d < h or d + m >= h + 1 or d + m > h - 1:
+            raise InvalidRequestError(f"{COMMITTED_KEY} ({d} rows) + {OVERLAP_KEY} ({m} rows) must leave at least one "
+                                      f"free row of the {h}-step chunk (1 <= d, d + m <= {h - 1})")
+        with np.errstate(over="ignore", invalid="ignore"):
+            model = self.action_transform({"state": raw_state, "actions": np.concatenate(rows)})["actions"]
+        model = np.asarray(model, np.float32)
+        if not np.all(np.isfinite(model)):
+            raise InvalidRequestError(f"{COMMITTED_KEY}/{OVERLAP_KEY} normalise to non-finite values; expected actions "
+                                      "in the robot's range")
+        actions = np.zeros((h, cfg.action_dim), np.float32)
+        actions[: d + m, : model.shape[-1]] = model
+        return (actions, prefix_weights(h, d, m)), d
 
     def initial_chunk(self, req: Request) -> Request:
         """Stage 2: new-episode detection, then the solver's start ``[H, action_dim]`` (noise or warm start)."""
@@ -185,6 +233,7 @@ class Policy:
                                                now=now, recent_gaps=sess.gaps)
         if req.new_episode is not None:
             sess.prev_actions, sess.gaps = None, []
+            req.prefix, req.prefix_rows = None, 0  # a committed prefix never crosses an episode boundary
         elif sess.replied_at is not None:
             sess.gaps = [*sess.gaps[-7:], now - sess.replied_at]
         with self._lock:
@@ -205,7 +254,8 @@ class Policy:
         """Stage 3: decode every request; requests with equal settings share one batched call."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.decode.variant, *((k, v.item()) for k, v in sorted(r.knobs.items()))), []).append(i)
+            key = (r.decode.variant, r.prefix is not None, *((k, v.item()) for k, v in sorted(r.knobs.items())))
+            groups.setdefault(key, []).append(i)
         out: list[Decoded | None] = [None] * len(requests)
         for idx in groups.values():
             for i, d in zip(idx, self._decode_group([requests[i] for i in idx]), strict=True):
@@ -219,28 +269,37 @@ class Policy:
         batch = {k: jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[r.inputs[k] for r in padded])
                  for k in _MODEL_KEYS if k in reqs[0].inputs}
         init = np.stack([r.init for r in padded])
+        prefix = None
+        if reqs[0].prefix is not None:
+            st = reqs[0].settings
+            prefix = Prefix(actions=np.stack([r.prefix[0] for r in padded]),
+                            weights=np.stack([r.prefix[1] for r in padded]),
+                            max_guidance=np.full((size,), st.rtc_guidance, np.float32),
+                            pull=np.full((size,), st.inpaint_pull, np.float32))
         t0 = time.perf_counter()
-        actions, iters, residual, converged = self.compiled_decode(reqs[0].decode.variant)(
-            self.params, Observation.from_dict(batch), jax.random.key(0), init, reqs[0].knobs)
-        actions, iters, residual, converged = jax.device_get((actions, iters, residual, converged))
+        out = self.compiled_decode(reqs[0].decode.variant, prefix is not None)(
+            self.params, Observation.from_dict(batch), jax.random.key(0), init, reqs[0].knobs, prefix)
+        actions, iters, residual, converged, vjps = jax.device_get(out)
         ms = (time.perf_counter() - t0) * 1e3
-        return [Decoded(np.asarray(actions[i]), int(iters[i]), float(residual[i]), bool(converged[i]), n, ms)
-                for i in range(n)]
+        return [Decoded(np.asarray(actions[i]), int(iters[i]), float(residual[i]), bool(converged[i]), n, ms,
+                        int(vjps[i])) for i in range(n)]
 
-    def compiled_decode(self, variant: str | None):
-        """The jitted ``(params, obs, rng, init, knobs) -> (actions, iterations, residual, converged)`` of one solver
-        variant (cached; one compilation per batch size); every other setting is a traced argument."""
-        fn = self._decode_cache.get(variant)
+    def compiled_decode(self, variant: str | None, with_prefix: bool = False):
+        """The jitted ``(params, obs, rng, init, knobs, prefix) -> (actions, iterations, residual, converged, vjps)``
+        of one solver variant, with or without a real-time prefix (cached; one compilation per batch size); every
+        other setting, the delay included, is a traced argument."""
+        fn = self._decode_cache.get((variant, with_prefix))
         if fn is None:
             dec = self.decoder
 
             @jax.jit
-            def fn(params, obs, rng, init, knobs):
+            def fn(params, obs, rng, init, knobs, prefix=None):
                 ds = DecodeSettings(variant=variant, **knobs)
-                actions, stats = dec.decode(params, obs, rng, init=init, settings=ds)
-                return actions, stats.iterations, stats.residual, stats.converged
+                actions, stats = dec.decode(params, obs, rng, init=init, settings=ds, prefix=prefix)
+                vjps = stats.vjps if stats.vjps is not None else jnp.zeros_like(stats.iterations)
+                return actions, stats.iterations, stats.residual, stats.converged, vjps
 
-            self._decode_cache[variant] = fn
+            self._decode_cache[(variant, with_prefix)] = fn
         return fn
 
     def robot_actions(self, req: Request, decoded: Decoded) -> dict:
@@ -260,7 +319,9 @@ class Policy:
             "policy_timing": {"infer_ms": decoded.decode_ms, "batch_size": decoded.batch_size},
             "solver": {"iterations": decoded.iterations, "final_residual": decoded.residual,
                        "converged": decoded.converged, "warm_started": bool(req.warm),
-                       "new_episode": req.new_episode or "", "decoder": self.config.decoder.kind},
+                       "new_episode": req.new_episode or "", "decoder": self.config.decoder.kind,
+                       "prefix_rows": req.prefix_rows,
+                       "prefix_method": self.decoder.prefix_method if req.prefix_rows else "", "vjps": decoded.vjps},
         }
 
     # -------------------------------------------------------------------------------------------- infer

@@ -26,6 +26,8 @@ from pi0_eqm.models.pi0 import IMAGE_KEYS
 from pi0_eqm.serving.schema import ArraySpec
 from pi0_eqm.serving.schema import ImageSpec
 from pi0_eqm.serving.schema import ObservationSchema
+from pi0_eqm.serving.realtime import COMMITTED_KEY
+from pi0_eqm.serving.realtime import OVERLAP_KEY
 from pi0_eqm.serving.schema import StringSpec
 
 Key = tuple[str, ...]  # a path into the (possibly nested) observation dict
@@ -92,6 +94,9 @@ class RobotSpec:
         entries.append((self.state_key, ArraySpec((self.state_dim,), kinds="f", finite=True, max_abs=STATE_MAX_ABS)))
         entries.append((("prompt",), StringSpec(required=True, max_len=4096) if self.prompt_required
                         else StringSpec(required=False)))
+        for key in (COMMITTED_KEY, OVERLAP_KEY):  # real-time chunking (optional): robot-unit action rows
+            entries.append(((key,), ArraySpec((None, self.action_dim), kinds="fi", finite=True, max_abs=STATE_MAX_ABS,
+                                              required=False)))
         return ObservationSchema(_nest(entries), allow_extra=allow_extra, name=self.name)
 
     def example(self, rng: np.random.Generator, image_size: int | None = None, prompt: str = "do the task") -> dict:

@@ -1,0 +1,90 @@
+"""Real-time chunking through the Policy and the server on a real trained LIBERO checkpoint (delta actions): the
+committed rows come back as sent (EqM clamps them in model space; robot space to float32 round-off), one compiled
+decode serves every delay, a prefix never crosses an episode boundary, bad prefixes are error frames, and the
+metadata frame declares what the checkpoint supports."""
+
+import numpy as np
+import pytest
+
+from pi0_eqm.decoders.settings import DecoderSettings
+from pi0_eqm.errors import InvalidRequestError
+from pi0_eqm.policies.episodes import EpisodeDetection
+from pi0_eqm.policies.policy_config import create_trained_policy
+from pi0_eqm.robots import LIBERO
+from pi0_eqm.serving.client import WebsocketClientPolicy
+from pi0_eqm.serving.realtime import COMMITTED_KEY
+from pi0_eqm.serving.realtime import OVERLAP_KEY
+from pi0_eqm.serving.server import PolicyServer
+from tests.policies.conftest import libero_obs
+
+
+@pytest.fixture(scope="module")
+def policy(trained_libero):
+    cfg, step_dir = trained_libero
+    pol = create_trained_policy(cfg, step_dir, settings=DecoderSettings(executed=4))
+    pol.episodes = EpisodeDetection(state_jump=None, gap_s=None, gap_factor=None)
+    return pol
+
+
+def test_committed_rows_come_back_as_sent_and_one_compile_serves_every_delay(policy):
+    rng = np.random.default_rng(0)
+    obs = libero_obs(rng)
+    first = policy.infer(dict(obs))["actions"]  # robot units, absolute (delta undone)
+    for d in (1, 2, 3):
+        committed = first[4:4 + d]
+        out = policy.infer({**obs, COMMITTED_KEY: committed, OVERLAP_KEY: first[4 + d:]})
+        np.testing.assert_allclose(out["actions"][:d], committed, atol=1e-5)  # float32 normalize/delta round trip
+        assert out["solver"]["prefix_rows"] == d and out["solver"]["prefix_method"] == "inpaint"
+    assert policy._decode_cache[("nesterov", True)]._cache_size() == 1  # the delay is data, not a compile
+
+
+def test_model_space_prefix_is_the_warm_start_transform(policy):
+    rng = np.random.default_rng(1)
+    obs = libero_obs(rng)
+    committed = rng.uniform(-1, 1, (2, 7)).astype(np.float32)
+    req = policy.prepare({**obs, COMMITTED_KEY: committed})
+    expected = policy.action_transform({"state": req.raw_state, "actions": committed})["actions"]
+    np.testing.assert_array_equal(req.prefix[0][:2, : expected.shape[-1]], expected)
+    np.testing.assert_array_equal(req.prefix[1][:2], [1.0, 1.0])
+    assert req.prefix_rows == 2 and not req.prefix[1][2:].any()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({COMMITTED_KEY: np.zeros((2, 6), np.float32)}, "[rows, 7]"),
+    ({COMMITTED_KEY: np.zeros((0, 7), np.float32)}, "free row"),
+    ({COMMITTED_KEY: np.zeros((5, 7), np.float32), OVERLAP_KEY: np.zeros((10, 7), np.float32)}, "free row"),
+    ({COMMITTED_KEY: np.full((2, 7), np.nan, np.float32)}, "non-finite"),
+    ({OVERLAP_KEY: np.zeros((2, 7), np.float32)}, "needs committed_actions"),
+])
+def test_bad_prefixes_are_clear_errors(policy, extra, message):
+    obs = libero_obs(np.random.default_rng(2))
+    with pytest.raises(InvalidRequestError) as e:
+        policy.infer({**obs, **extra})
+    assert message in str(e.value)
+
+
+def test_a_prefix_never_crosses_an_episode_boundary(policy):
+    rng = np.random.default_rng(3)
+    obs = libero_obs(rng)
+    policy.infer(dict(obs), session="s")
+    out = policy.infer({**obs, "prompt": "another task", COMMITTED_KEY: np.zeros((2, 7), np.float32)}, session="s")
+    assert out["solver"]["new_episode"] == "prompt" and out["solver"]["prefix_rows"] == 0
+
+
+def test_server_validates_and_serves_prefixes(policy):
+    server = PolicyServer(policy, host="127.0.0.1", port=0, schema=LIBERO.schema(), metadata=policy.serving_metadata())
+    port = server.start()
+    try:
+        with WebsocketClientPolicy(port=port) as client:
+            meta = client.get_server_metadata()
+            assert meta["realtime"]["prefix_method"] == "inpaint" and meta["realtime"]["max_delay"] >= 1
+            obs = libero_obs(np.random.default_rng(4))
+            chunk = client.infer(dict(obs))["actions"]
+            with pytest.raises(RuntimeError, match="committed_actions"):
+                client.infer({**obs, COMMITTED_KEY: np.zeros((2, 3), np.float32)})  # schema: wrong width
+            with pytest.raises(RuntimeError, match="committed_actions"):
+                client.infer({**obs, COMMITTED_KEY: np.full((2, 7), np.inf, np.float32)})
+            out = client.infer({**obs, COMMITTED_KEY: chunk[4:6]})  # the connection keeps serving
+            np.testing.assert_allclose(out["actions"][:2], chunk[4:6], atol=1e-5)
+    finally:
+        server.stop()

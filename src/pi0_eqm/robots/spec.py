@@ -23,11 +23,11 @@ import numpy as np
 
 from pi0_eqm.data import transforms as _t
 from pi0_eqm.models.pi0 import IMAGE_KEYS
+from pi0_eqm.serving.realtime import COMMITTED_KEY
+from pi0_eqm.serving.realtime import OVERLAP_KEY
 from pi0_eqm.serving.schema import ArraySpec
 from pi0_eqm.serving.schema import ImageSpec
 from pi0_eqm.serving.schema import ObservationSchema
-from pi0_eqm.serving.realtime import COMMITTED_KEY
-from pi0_eqm.serving.realtime import OVERLAP_KEY
 from pi0_eqm.serving.schema import StringSpec
 
 Key = tuple[str, ...]  # a path into the (possibly nested) observation dict

@@ -28,9 +28,12 @@ import math
 import os
 import pathlib
 import time
+from typing import Literal
 
 import numpy as np
 import tyro
+
+from pi0_eqm.serving.realtime import AsyncChunkBroker
 
 LIBERO_DUMMY_ACTION = [0.0] * 6 + [-1.0]
 LIBERO_ENV_RESOLUTION = 256
@@ -54,6 +57,11 @@ class Args:
     video: bool = True
     out: str = "data/libero/eval"  # episodes.jsonl, summary.json, videos/
     seed: int = 7
+    # Asynchronous execution (pi0_eqm.serving.realtime.AsyncChunkBroker): "off" = openpi's synchronous loop; "naive" =
+    # keep executing the current chunk while the next request is in flight and switch at the measured delay;
+    # "prefix" = also send the committed prefix (``--expected-delay`` rows, then the largest delay measured).
+    realtime: Literal["off", "naive", "prefix"] = "off"
+    expected_delay: int = 1
 
 
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:
@@ -107,6 +115,23 @@ def run_episode(env, client, init_state, prompt: str, args: Args, max_steps: int
     obs = env.set_init_state(init_state)
     plan: collections.deque = collections.deque()
     client.reset()
+    broker = None
+    if args.realtime != "off":
+        broker = AsyncChunkBroker(client, execute=args.replan_steps, expected_delay=args.expected_delay,
+                                  send_prefix=args.realtime == "prefix",
+                                  on_chunk=lambda rec: chunks is not None and chunks.append(
+                                      {**chunk_record(rec.reply, rec.round_trip_ms), "delay": rec.delay,
+                                       "committed_sent": rec.committed_sent}))
+    try:
+        return _steps(env, client, obs, prompt, args, max_steps, frames, chunks, plan, broker)
+    finally:
+        if broker is not None:
+            if chunks is not None and broker.errors:
+                chunks.append({"broker_errors": broker.errors})
+            broker.close()
+
+
+def _steps(env, client, obs, prompt, args, max_steps, frames, chunks, plan, broker) -> tuple[bool, int]:
     for t in range(max_steps + args.num_steps_wait):
         if t < args.num_steps_wait:
             obs, _, done, _ = env.step(LIBERO_DUMMY_ACTION)
@@ -114,6 +139,11 @@ def run_episode(env, client, init_state, prompt: str, args: Args, max_steps: int
         element = make_observation(obs, prompt, args.resize_size)
         if frames is not None:
             frames.append(np.concatenate([element["observation/image"], element["observation/wrist_image"]], axis=1))
+        if broker is not None:
+            obs, _, done, _ = env.step(np.asarray(broker.infer(element)["actions"]).tolist())
+            if done:
+                return True, t - args.num_steps_wait + 1
+            continue
         if not plan:
             start = time.perf_counter()
             reply = client.infer(element)

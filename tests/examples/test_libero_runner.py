@@ -92,6 +92,15 @@ def test_libero_closed_loop_conventions():
             assert len(client.requests) == 3  # steps 0, 5, 10 of 12
             assert all(s == (cfg.model.action_horizon, 7) for s in client.shapes)
             assert client.requests[0]["prompt"] == task.language
+            # Asynchronous execution through the broker and the real server: the robot keeps executing while the
+            # next request is in flight; every reply's measured delay is recorded, the prefix sent when asked.
+            client = CountingClient(port)
+            chunks: list = []
+            args = main.Args(num_steps_wait=10, replan_steps=5, realtime="prefix", expected_delay=2)
+            main.run_episode(env, client, init, prompt, args, max_steps=20, frames=None, chunks=chunks)
+            delays = [c["delay"] for c in chunks if "delay" in c]
+            assert len(delays) >= 2 and delays[0] == 0 and all(d >= 0 for d in delays)
+            assert "committed_actions" in client.requests[1] and client.requests[1]["committed_actions"].shape == (2, 7)
         finally:
             env.close()
     finally:

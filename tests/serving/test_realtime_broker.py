@@ -88,3 +88,13 @@ def test_naive_mode_sends_no_prefix():
     assert COMMITTED_KEY not in pol.requests[1] and OVERLAP_KEY not in pol.requests[1]
     pol.gates[1].set()
     b.close()
+
+
+def test_a_chunk_that_runs_out_waits_for_the_reply_in_flight():
+    pol = GatedPolicy()
+    b = AsyncChunkBroker(pol, execute=6, expected_delay=1)
+    [step(b, t) for t in range(H)]  # rows 0..7 of chunk 0; request 1 left at row 6 and is still gated
+    threading.Timer(0.2, pol.gates[1].set).start()
+    assert step(b, H) == pytest.approx(1.02)  # waited, then chunk 1 at the delay so far (8 − 6 = 2)
+    assert b.late == 1 and [r.delay for r in b.records] == [0, 2]
+    b.close()

@@ -10,9 +10,10 @@ is called once per control step and returns one action. After ``s`` actions of t
 request in a background thread (with the committed prefix for the delay it expects) and keeps returning the current
 chunk's actions; when the reply arrives ``d`` steps later (``d`` measured), it switches to the new chunk at index
 ``d``. The first chunk of an episode is awaited (the caller holds the robot still). A reply that belongs to an
-episode that has ended (``reset``) is dropped. If a request fails, the broker keeps executing the current chunk's
-remaining actions and reports the error (``errors``); when those run out it raises ``ChunkExhaustedError`` rather
-than invent or repeat actions.
+episode that has ended (``reset``) is dropped. If the current chunk runs out while the reply is still in flight,
+``infer`` waits for it (counted in ``late``; the delay then exceeds ``H − s``). If a request fails, the broker keeps
+executing the current chunk's remaining actions and reports the error (``errors``); when those run out it raises
+``ChunkExhaustedError`` rather than invent or repeat actions.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class AsyncChunkBroker:
         self.expected_delay, self.send_prefix, self.send_overlap = expected_delay, send_prefix, send_overlap
         self.on_chunk = on_chunk
         self.errors: list[str] = []
+        self.late = 0  # chunks that ran out before their successor arrived (the caller waited)
         self.records: list[ChunkRecord] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chunk-broker")
         self._lock = threading.Lock()
@@ -127,9 +129,16 @@ class AsyncChunkBroker:
         if self._pending is None and self._index >= self.s and self._launched_for != len(self.records):
             self._launched_for = len(self.records)  # once per chunk: a failed request is not retried
             self._launch(obs)
+        if self._index >= len(self._chunk) and self._pending is not None:  # ran out while waiting: wait (the robot
+            self.late += 1  # is not moving between control steps meanwhile), then switch at the delay so far
+            try:
+                self._switch(self._pending.result())
+            except Exception as e:  # noqa: BLE001 - reported below
+                self.errors.append(f"{type(e).__name__}: {e}")
+                self._pending, self._pending_meta = None, None
         if self._index >= len(self._chunk):
             raise ChunkExhaustedError(f"chunk of {len(self._chunk)} actions exhausted with no newer chunk "
-                                      f"({len(self.errors)} failed request(s): {self.errors[-1:] or 'still waiting'})")
+                                      f"({len(self.errors)} failed request(s): {self.errors[-1:]})")
         action = self._chunk[self._index]
         self._index += 1
         return {"actions": action}

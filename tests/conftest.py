@@ -11,10 +11,16 @@ os.environ.setdefault("PI0_FRAME_CACHE", os.path.abspath(os.path.join(os.path.di
 # No persistent compilation cache in the test process: the suite segfaulted inside XLA compiles (first while loading a
 # cache entry, then with the cache off too), so the cache was ruled out as the cause but stays off; see below.
 
+import dataclasses  # noqa: E402
 import gc  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from pi0_eqm.training import loop  # noqa: E402
+from pi0_eqm.training.config import get_config  # noqa: E402
+from pi0_eqm.training.norm_stats import compute_for_config  # noqa: E402
+from tests.policies.conftest import make_libero_dataset  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -26,3 +32,18 @@ def _free_compiled_executables():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def trained_libero(tmp_path_factory):
+    """The real pipeline once per test session: LeRobot dataset → norm stats → 4 training steps of ``debug_libero``
+    → a checkpoint on disk, shared read-only by every test that serves, exports or decodes a trained checkpoint."""
+    tmp = tmp_path_factory.mktemp("libero")
+    ds = make_libero_dataset(tmp / "data" / "debug_libero")
+    cfg = get_config("debug_libero")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(ds)), num_train_steps=4,
+                              save_interval=4, checkpoint_base_dir=str(tmp / "ckpt"),
+                              assets_base_dir=str(tmp / "assets"), async_checkpoint=False)
+    compute_for_config(cfg)
+    loop.train(cfg, progress=False)
+    return cfg, cfg.checkpoint_dir / "4"

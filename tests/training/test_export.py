@@ -13,12 +13,11 @@ import pytest
 
 from pi0_eqm.training.checkpoints import restore_params
 from pi0_eqm.training.export import export_checkpoint
-from tests.policies.conftest import trained_libero  # noqa: F401  (module fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_export_round_trip_and_layout(trained_libero, tmp_path):  # noqa: F811
+def test_export_round_trip_and_layout(trained_libero, tmp_path):
     cfg, step_dir = trained_libero
     out = export_checkpoint(step_dir, tmp_path / "exported")
     assert (out / "params").is_dir()
@@ -38,7 +37,7 @@ def test_export_round_trip_and_layout(trained_libero, tmp_path):  # noqa: F811
         export_checkpoint(step_dir, out)
 
 
-def test_export_bf16_via_cli(trained_libero, tmp_path):  # noqa: F811
+def test_export_bf16_via_cli(trained_libero, tmp_path):
     _, step_dir = trained_libero
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "export_checkpoint.py"), "--checkpoint",
                            str(step_dir), "--out", str(tmp_path / "bf16"), "--bf16"], capture_output=True, text=True,

@@ -11,13 +11,11 @@ from tests.benchmarks.conftest import load_script
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 
-def test_decoder_study_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setenv("PI0_DATA_HOME", str(tmp_path / "data"))
+def test_decoder_study_end_to_end(tmp_path, monkeypatch, metaworld_home):
+    monkeypatch.setenv("PI0_DATA_HOME", str(metaworld_home.data))
     mod = load_script("decoder_study")
-    args = mod.Args(arms=("flow-5", "eqm-5", "eqm-paper-300", mod.DEFAULT_ARM), seeds=(1, 2), episodes_per_task=1, max_steps=16,
-                    demos_per_task=2, tasks=("handle-press-v3", "coffee-button-v3"), train_steps=8, batch_size=8,
-                    out=str(tmp_path / "out"), checkpoint_base_dir=str(tmp_path / "ckpt"),
-                    assets_base_dir=str(tmp_path / "assets"), progress=False)
+    args = mod.Args(arms=("flow-5", "eqm-5", "eqm-paper-300", mod.DEFAULT_ARM), seeds=(1, 2), episodes_per_task=1,
+                    max_steps=16, out=str(tmp_path / "out"), **metaworld_home.args())
     out = mod.main(args)
     s = out["summary"]
     assert set(s) == {"flow-5", "eqm-5", "eqm-paper-300", mod.DEFAULT_ARM}
@@ -30,7 +28,9 @@ def test_decoder_study_end_to_end(tmp_path, monkeypatch):
     ckpts = {json.loads((runs / a / "seed1_t8.json").read_text())["checkpoint"]
              for a in ("eqm-5", "eqm-paper-300", mod.DEFAULT_ARM)}
     assert len(ckpts) == 1
-    assert sorted(p.name for p in (tmp_path / "ckpt" / "pi0_eqm_metaworld").iterdir()) == ["seed1_t8", "seed2_t8"]
+    assert {"seed1_t8", "seed2_t8"} <= {p.name for p in (metaworld_home.ckpt / "pi0_eqm_metaworld").iterdir()}
+    assert {json.loads((runs / a / "seed2_t8.json").read_text())["checkpoint"] for a in ("eqm-5", "flow-5")} == {
+        str(metaworld_home.ckpt / "pi0_eqm_metaworld" / "seed2_t8"), str(metaworld_home.ckpt / "pi0_metaworld" / "seed2_t8")}
     # The default arm is paired with every other arm.
     assert {f"{mod.DEFAULT_ARM} vs {a}" for a in ("flow-5", "eqm-5", "eqm-paper-300")} <= set(out["paired"])
     # The paired test is over the same (seed, task, episode) outcomes.

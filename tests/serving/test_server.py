@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 from pi0_eqm.serving import PolicyServer
 from pi0_eqm.serving import packb
 from pi0_eqm.serving import unpackb
-from pi0_eqm.serving.load import run_load
+from tests.serving.load import run_load
 from tests.serving.conftest import HORIZON
 from tests.serving.conftest import METADATA
 from tests.serving.conftest import StatePolicy

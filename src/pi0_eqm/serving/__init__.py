@@ -1,5 +1,6 @@
 """openpi-compatible policy serving: wire codec (``wire``), observation schemas (``schema``), the websocket server
-(``server``), micro-batching across its connections (``batcher``) and a bounded load generator (``load``)."""
+(``server``), micro-batching across its connections (``batcher``), the client (``client``) and the client side of
+real-time chunking (``realtime``)."""
 
 from pi0_eqm.serving.schema import ArraySpec
 from pi0_eqm.serving.schema import ImageSpec

@@ -1,4 +1,4 @@
-"""Bounded load generator for a policy server speaking the openpi wire protocol.
+"""Bounded load generator for a policy server speaking the openpi wire protocol (a test helper of tests/serving).
 
 ``run_load`` opens ``num_clients`` websocket connections (one thread each, like independent robots), sends
 ``requests_per_client`` requests per connection one at a time, and reports throughput and latency percentiles.

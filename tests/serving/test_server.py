@@ -15,12 +15,12 @@ from websockets.sync.client import connect
 from pi0_eqm.serving import PolicyServer
 from pi0_eqm.serving import packb
 from pi0_eqm.serving import unpackb
-from tests.serving.load import run_load
 from tests.serving.conftest import HORIZON
 from tests.serving.conftest import METADATA
 from tests.serving.conftest import StatePolicy
 from tests.serving.conftest import expected_actions
 from tests.serving.conftest import libero_obs
+from tests.serving.load import run_load
 
 GOOD = libero_obs()
 

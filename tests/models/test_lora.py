@@ -18,7 +18,7 @@ from tests.models.test_pi0 import OPENPI_PI0_TREE
 
 L = 18
 # openpi's gemma_2b_lora (rank 16) / gemma_300m_lora (rank 32) factors: lora_a is the weight's shape with the last
-# axis replaced by the rank, lora_b with the second-to-last (openpi-compat.md §3.1 lists the first ones).
+# axis replaced by the rank, lora_b with the second-to-last (openpi's `lora.py` einsum equations).
 OPENPI_LORA_TREE = {
     "PaliGemma/llm/layers/attn/q_einsum/lora_a": (L, 8, 2048, 16),
     "PaliGemma/llm/layers/attn/q_einsum/lora_b": (L, 8, 16, 256),

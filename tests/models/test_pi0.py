@@ -12,7 +12,7 @@ from pi0_eqm.models.observation import posemb_sincos
 from pi0_eqm.models.pi0 import Pi0
 from pi0_eqm.models.pi0 import Pi0Config
 
-# openpi-compat.md §3.1: the full pi0 param tree (pure-dict paths, float32 at init).
+# openpi's full π₀ param tree (`pi0.Pi0Config().create` in openpi, as pure-dict paths, float32 at init).
 L, V = 18, 27
 OPENPI_PI0_TREE = {
     "PaliGemma/img/embedding/kernel": (14, 14, 3, 1152),
@@ -85,7 +85,7 @@ def test_full_size_param_tree_matches_openpi(decoder):
     assert {k: s for k, (s, _) in got.items()} == OPENPI_PI0_TREE
     assert all(dt == jnp.float32 for _, dt in got.values())
     n_params = sum(int(np.prod(s)) for s in OPENPI_PI0_TREE.values())
-    assert abs(n_params / 1e6 - 3238.0) < 1.0  # openpi-compat.md §2.8: 3238.0M
+    assert abs(n_params / 1e6 - 3238.0) < 1.0  # openpi's π₀: 3238.0M parameters
     assert cfg.prefix_len == 816
 
 

@@ -26,7 +26,7 @@ from pi0_eqm.training.config import get_config
 from tests.models.test_pi0 import OPENPI_PI0_TREE
 
 L = 18
-# openpi-compat.md §3.1: π₀.5 replaces the expert norms' scales and the π₀ heads.
+# openpi's π₀.5 (`Pi0Config(pi05=True)`) replaces the expert norms' scales and the π₀ heads.
 _DROPPED = {"state_proj/kernel", "state_proj/bias", "action_time_mlp_in/kernel", "action_time_mlp_in/bias",
             "action_time_mlp_out/kernel", "action_time_mlp_out/bias", "PaliGemma/llm/final_norm_1/scale",
             "PaliGemma/llm/layers/pre_attention_norm_1/scale", "PaliGemma/llm/layers/pre_ffw_norm_1/scale"}

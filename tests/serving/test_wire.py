@@ -24,7 +24,7 @@ def nd(data: bytes, dtype, shape) -> dict:
 
 
 def test_exact_bytes_match_openpi_compat_example():
-    # openpi-compat.md section 5.3: {"observation/state": np.arange(2, dtype=np.float32)}
+    # openpi-client's msgpack_numpy encoding of {"observation/state": np.arange(2, dtype=np.float32)}
     expected = (
         b"\x81\xb1observation/state\x84"
         b"\xc4\x0b__ndarray__\xc3"

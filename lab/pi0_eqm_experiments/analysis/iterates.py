@@ -87,10 +87,6 @@ def policy_model_inputs(policy, obs: Mapping[str, Any]) -> tuple[Observation, di
     return Observation.from_dict(batched), inputs
 
 
-def _raw_state(obs: Mapping[str, Any]) -> np.ndarray:
-    return np.asarray(obs.get("observation/state", obs.get("state", np.zeros(0))), np.float32)
-
-
 def to_robot(policy, obs: Mapping[str, Any], model_actions: np.ndarray, inputs: dict | None = None) -> np.ndarray:
     """Model-space chunks ``[..., H, D]`` → robot-space chunks ``[..., H, d]`` via the policy's output transforms."""
     if inputs is None:
@@ -98,7 +94,7 @@ def to_robot(policy, obs: Mapping[str, Any], model_actions: np.ndarray, inputs: 
     model_actions = np.asarray(model_actions, np.float32)
     lead = model_actions.shape[:-2]
     flat = model_actions.reshape((-1, *model_actions.shape[-2:]))
-    raw_state = _raw_state(obs)
+    raw_state = policy.state_of(obs)
     out = [np.asarray(policy.output_transform({"state": inputs["state"], "actions": a, "raw_state": raw_state})["actions"])
            for a in flat]
     return np.stack(out).reshape((*lead, *out[0].shape))
@@ -107,7 +103,7 @@ def to_robot(policy, obs: Mapping[str, Any], model_actions: np.ndarray, inputs: 
 def to_model(policy, obs: Mapping[str, Any], robot_actions: np.ndarray) -> np.ndarray:
     """A robot-space chunk ``[H, d]`` → model space ``[H, D]`` (the policy's action transforms: delta, normalize,
     pad), re-expressed relative to ``obs``'s state as the policy does for warm starts."""
-    model = policy.action_transform({"state": _raw_state(obs), "actions": np.asarray(robot_actions, np.float32)})["actions"]
+    model = policy.action_transform({"state": policy.state_of(obs), "actions": np.asarray(robot_actions, np.float32)})["actions"]
     return _t.pad_to_dim(np.asarray(model, np.float32), policy.config.action_dim)
 
 
@@ -127,8 +123,8 @@ def policy_with_settings(policy, settings):
     from pi0_eqm.policies.policy import Policy
 
     return Policy(policy.config, policy.params, input_transforms=(policy.input_transform,),
-                  output_transforms=(policy.output_transform,), action_transforms=(policy.action_transform,), settings=settings,
-                  metadata=policy.metadata)
+                  output_transforms=(policy.output_transform,), action_transforms=(policy.action_transform,),
+                  settings=settings, metadata=policy.metadata, state_of=policy.state_of)
 
 
 def noise_chunk(policy, seed: int | jax.Array) -> np.ndarray:

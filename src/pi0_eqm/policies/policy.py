@@ -18,6 +18,7 @@ other from that key folded with a CRC of the session id), warm-start chunk and e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence
 import dataclasses
 import threading
@@ -108,17 +109,20 @@ class Decoded:
 class Policy:
     def __init__(self, model_config: Pi0Config, params: Any, *, input_transforms=(), output_transforms=(),
                  action_transforms=(), settings: DecoderSettings | None = None, metadata: dict | None = None,
-                 seed: int = 0, caps: RequestCaps | None = None, episodes: EpisodeDetection | None = None):
+                 seed: int = 0, caps: RequestCaps | None = None, episodes: EpisodeDetection | None = None,
+                 state_of: Callable[[dict], np.ndarray] | None = None):
         """``input_transforms``: robot inputs → Normalize → model inputs; ``output_transforms``: Unnormalize → robot
         outputs; ``action_transforms``: the action part of the inputs (delta, normalize, pad) used to bring a previous
         robot-space chunk back into model space for warm starts. ``caps`` bound every request's resolved settings
-        (the defaults included); ``episodes`` (default ``EpisodeDetection()``) detects new episodes."""
+        (the defaults included); ``episodes`` (default ``EpisodeDetection()``) detects new episodes; ``state_of``
+        reads the raw robot state of an observation (the robot's ``RobotSpec.state``; default: its ``"state"``)."""
         self.config = model_config
         self.params = params
         self.settings = settings or DecoderSettings()
         self.metadata = dict(metadata or {})
         self.episodes = episodes or EpisodeDetection()
         # The composed transforms (public: analysis code runs them on observations and chunks of its own).
+        self.state_of = state_of or (lambda obs: np.asarray(obs.get("state", np.zeros(0)), np.float32))
         self.input_transform = _t.compose(input_transforms)
         self.output_transform = _t.compose(output_transforms)
         self.action_transform = _t.compose(action_transforms)
@@ -178,7 +182,7 @@ class Policy:
         committed, overlap = obs.pop(COMMITTED_KEY, None), obs.pop(OVERLAP_KEY, None)
         prompt = obs.get("prompt")
         with np.errstate(over="ignore", invalid="ignore"):  # an overflowing state is refused just below
-            raw_state = np.asarray(obs.get("observation/state", obs.get("state", np.zeros(0))), np.float32)
+            raw_state = self.state_of(obs)
             inputs = self.input_transform(obs)
         if not np.all(np.isfinite(inputs["state"])):
             raise InvalidRequestError("the state normalises to non-finite values (it overflows float32); expected "

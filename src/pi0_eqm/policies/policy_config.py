@@ -34,10 +34,11 @@ _MAX_LISTED = 10
 def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: DecoderSettings | None = None,
                        default_prompt: str | None = None) -> Policy:
     pipeline = config.data.create(config.model, config.assets_dir).pipeline.with_norm_stats(norm_stats)
+    spec = config.data.spec()
     return Policy(config.model, params, input_transforms=(pipeline.inference_inputs(default_prompt),),
                   output_transforms=(pipeline.inference_outputs(),),
                   action_transforms=(pipeline.warm_start_actions(config.model.action_dim),), settings=settings,
-                  metadata=config.policy_metadata)
+                  metadata=config.policy_metadata, state_of=spec.state if spec is not None else None)
 
 
 def resolve_checkpoint(checkpoint: str | Path, config: TrainConfig | str | None = None) -> tuple[TrainConfig, Path]:

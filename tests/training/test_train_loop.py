@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pi0_eqm.training import loop
+from pi0_eqm.training import sharding
 from pi0_eqm.training.config import get_config
 from pi0_eqm.training.optimizer import ConstantSchedule
 
@@ -47,6 +48,21 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, name):
     assert steps[-1] == 8
     lines = (tmp_path / "b" / name / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 9))
+    # The three runs share one step structure, so they shared one compiled train step.
+    cfg = _cfg(tmp_path / "a", name)
+    step_fn = loop._STEP_FNS[loop.step_key(cfg, sharding.make_mesh(cfg.fsdp_devices))]
+    assert step_fn._cache_size() == 1
+
+
+def test_step_key_separates_what_changes_the_step():
+    base = get_config("debug_eqm")
+    mesh = sharding.make_mesh(1)
+    same = dataclasses.replace(base, seed=7, exp_name="other", num_train_steps=3, checkpoint_base_dir="/x")
+    assert loop.step_key(same, mesh) == loop.step_key(base, mesh)
+    for changed in (dataclasses.replace(base, ema_decay=None), dataclasses.replace(base, augment_images=True),
+                    dataclasses.replace(base, optimizer=dataclasses.replace(base.optimizer, weight_decay=0.5)),
+                    dataclasses.replace(base, model=dataclasses.replace(base.model, action_horizon=3))):
+        assert loop.step_key(changed, mesh) != loop.step_key(base, mesh)
 
 
 def test_existing_dir_needs_resume_or_overwrite(tmp_path):

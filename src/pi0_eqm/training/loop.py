@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 import signal
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -167,6 +168,19 @@ def _non_finite_error(what: str, step: int, manager, checkpoint_dir: Path) -> No
     )
 
 
+# The jitted train step of every step structure trained in this process, so a second run of the same structure (a
+# resume, another seed, another dataset of the same shapes) reuses its compilation.
+_STEP_FNS: dict[tuple, Any] = {}
+
+
+def step_key(config: TrainConfig, mesh) -> tuple:
+    """Everything the jitted train step depends on besides its arguments' shapes: the model and decoder, the
+    optimizer, the LR schedule, EMA, the freeze filter, augmentation and the sharding. Seeds, data, paths and
+    checkpointing do not enter it."""
+    return (config.model, config.optimizer, config.lr_schedule, config.ema_decay, config.freeze,
+            config.augment_images, config.fsdp_devices, config.fsdp_min_size_mbytes, mesh)
+
+
 def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None = None) -> dict:
     """Runs (or resumes) training. ``stop_after`` stops after that many steps of this call (tests: simulate a kill)."""
 
@@ -216,12 +230,15 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
     data_sharding = _sharding.data_sharding(mesh)
     n_train, n_frozen = partition.count(abstract.params)
     logger.info("%.2fM trainable params, %.2fM frozen", n_train / 1e6, n_frozen / 1e6)
-    train_step = make_train_step(decoder, tx, config.ema_decay, schedule, partition)
-    if config.augment_images:
-        train_step = with_augmentation(train_step)
-    step_fn = jax.jit(train_step,
-                      in_shardings=(state_sharding, data_sharding, data_sharding, data_sharding),
-                      out_shardings=(state_sharding, _sharding.replicated(mesh)), donate_argnums=0)
+    key = step_key(config, mesh)
+    step_fn = _STEP_FNS.get(key)
+    if step_fn is None:
+        train_step = make_train_step(decoder, tx, config.ema_decay, schedule, partition)
+        if config.augment_images:
+            train_step = with_augmentation(train_step)
+        step_fn = _STEP_FNS[key] = jax.jit(
+            train_step, in_shardings=(state_sharding, data_sharding, data_sharding, data_sharding),
+            out_shardings=(state_sharding, _sharding.replicated(mesh)), donate_argnums=0)
 
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.checkpoint_dir / "metrics.jsonl"

@@ -22,8 +22,11 @@ def test_realtime_study_end_to_end(tmp_path, monkeypatch, metaworld_home):
     for (arm, d), row in s.items():
         assert row["n"] == 2 and 0 <= row["success_rate"] <= 1 and row["forwards_mean"] == 10
         assert row["jump_mean"] is not None and row["jump_mean"] >= 0
-        # flow with a prefix spends one VJP per Euler step; nothing else spends any
-        assert row["vjps_mean"] == (10 if arm == "flow-prefix" and d > 0 else 0), (arm, d, row["vjps_mean"])
+        # flow with a prefix spends one VJP per Euler step on every chunk but an episode's first; nothing else any
+        if arm == "flow-prefix" and d > 0:
+            assert 0 < row["vjps_mean"] < 10, row["vjps_mean"]
+        else:
+            assert row["vjps_mean"] == 0, (arm, d, row["vjps_mean"])
     # At d = 0 every method is the synchronous loop: the same actions, the same outcomes.
     runs = tmp_path / "out" / "runs"
     ep = lambda arm, d: json.loads((runs / arm / f"seed1_d{d}.json").read_text())["episodes"]  # noqa: E731

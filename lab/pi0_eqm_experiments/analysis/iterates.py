@@ -124,7 +124,7 @@ def policy_with_settings(policy, settings):
 
     return Policy(policy.config, policy.params, input_transforms=(policy.input_transform,),
                   output_transforms=(policy.output_transform,), action_transforms=(policy.action_transform,),
-                  settings=settings, metadata=policy.metadata, state_of=policy.state_of)
+                  settings=settings, metadata=policy.metadata, state_key=policy.state_key)
 
 
 def noise_chunk(policy, seed: int | jax.Array) -> np.ndarray:

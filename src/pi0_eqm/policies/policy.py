@@ -18,7 +18,6 @@ other from that key folded with a CRC of the session id), warm-start chunk and e
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from collections.abc import Sequence
 import dataclasses
 import threading
@@ -110,19 +109,19 @@ class Policy:
     def __init__(self, model_config: Pi0Config, params: Any, *, input_transforms=(), output_transforms=(),
                  action_transforms=(), settings: DecoderSettings | None = None, metadata: dict | None = None,
                  seed: int = 0, caps: RequestCaps | None = None, episodes: EpisodeDetection | None = None,
-                 state_of: Callable[[dict], np.ndarray] | None = None):
+                 state_key: Sequence[str] = ("state",)):
         """``input_transforms``: robot inputs → Normalize → model inputs; ``output_transforms``: Unnormalize → robot
         outputs; ``action_transforms``: the action part of the inputs (delta, normalize, pad) used to bring a previous
         robot-space chunk back into model space for warm starts. ``caps`` bound every request's resolved settings
-        (the defaults included); ``episodes`` (default ``EpisodeDetection()``) detects new episodes; ``state_of``
-        reads the raw robot state of an observation (the robot's ``RobotSpec.state``; default: its ``"state"``)."""
+        (the defaults included); ``episodes`` (default ``EpisodeDetection()``) detects new episodes; ``state_key``
+        is the key path of the raw robot state in an observation (the robot's ``RobotSpec.state_key``)."""
         self.config = model_config
         self.params = params
         self.settings = settings or DecoderSettings()
         self.metadata = dict(metadata or {})
         self.episodes = episodes or EpisodeDetection()
         # The composed transforms (public: analysis code runs them on observations and chunks of its own).
-        self.state_of = state_of or (lambda obs: np.asarray(obs.get("state", np.zeros(0)), np.float32))
+        self.state_key = tuple(state_key)
         self.input_transform = _t.compose(input_transforms)
         self.output_transform = _t.compose(output_transforms)
         self.action_transform = _t.compose(action_transforms)
@@ -132,6 +131,13 @@ class Policy:
         self._lock = threading.Lock()
         self._decode_cache: dict[str | None, Any] = {}
         self.set_caps(caps or RequestCaps())
+
+    def state_of(self, obs: dict) -> np.ndarray:
+        """The raw robot state of an observation (float32; empty where it has none)."""
+        node: Any = obs
+        for part in self.state_key:
+            node = node.get(part) if isinstance(node, dict) else None
+        return np.zeros(0, np.float32) if node is None else np.asarray(node, np.float32)
 
     def set_caps(self, caps: RequestCaps) -> None:
         """Bounds every later request; ``ValueError`` if the policy's own defaults break them."""

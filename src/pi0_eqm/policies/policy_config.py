@@ -38,7 +38,7 @@ def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: Dec
     return Policy(config.model, params, input_transforms=(pipeline.inference_inputs(default_prompt),),
                   output_transforms=(pipeline.inference_outputs(),),
                   action_transforms=(pipeline.warm_start_actions(config.model.action_dim),), settings=settings,
-                  metadata=config.policy_metadata, state_of=spec.state if spec is not None else None)
+                  metadata=config.policy_metadata, state_key=spec.state_key if spec is not None else ("state",))
 
 
 def resolve_checkpoint(checkpoint: str | Path, config: TrainConfig | str | None = None) -> tuple[TrainConfig, Path]:

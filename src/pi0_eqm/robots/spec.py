@@ -71,11 +71,6 @@ class RobotSpec:
     def inputs(self) -> RobotInputs:
         return RobotInputs(self)
 
-    def state(self, obs: Mapping) -> np.ndarray:
-        """The raw robot state of a client observation (float32; empty where the observation has none)."""
-        value = _lookup(obs, self.state_key)
-        return np.zeros(0, np.float32) if value is None else np.asarray(value, np.float32)
-
     def outputs(self) -> SliceActions:
         return SliceActions(self.action_dim)
 

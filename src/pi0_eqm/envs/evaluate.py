@@ -252,7 +252,7 @@ def _realtime_episode(policy, env, episode, execute, frames, frame_scale, rt, no
         except rtm.ChunkExhaustedError as e:
             log.broker_errors.append(str(e))
     else:
-        rtm.simulated_episode(policy, runner, infer, execute, rt, normalize, log.jumps)
+        rtm.simulated_episode(runner, infer, execute, rt, normalize, log.jumps)
         log.delays = [rt.delay] * len(log.latency_s)
     log.steps, log.success = env.num_steps, env.success
     if env.success:

@@ -91,7 +91,7 @@ class Runner:
         return done
 
 
-def simulated_episode(policy: Any, runner: Runner, infer: Callable[[dict], np.ndarray], execute: int,
+def simulated_episode(runner: Runner, infer: Callable[[dict], np.ndarray], execute: int,
                       rt: RealtimeConfig, normalize: Normalize | None, jumps: list[float]) -> None:
     """The simulated-delay loop (module docstring); ``infer(request) -> actions [H, d]``."""
     s, d = execute, rt.delay

@@ -220,7 +220,7 @@ class Policy:
                 raise InvalidRequestError(f"{key} holds non-finite values")
             rows.append(arr)
         d, m = len(rows[0]), len(rows[1])
-        if not 1 <= d < h or d + m >= h + 1 or d + m > h - 1:
+        if d < 1 or d + m > h - 1:
             raise InvalidRequestError(f"{COMMITTED_KEY} ({d} rows) + {OVERLAP_KEY} ({m} rows) must leave at least one "
                                       f"free row of the {h}-step chunk (1 <= d, d + m <= {h - 1})")
         with np.errstate(over="ignore", invalid="ignore"):

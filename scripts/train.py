@@ -32,11 +32,14 @@ def _setup() -> None:
 
 
 class _NoOrbaxErrors(logging.Filter):
-    """Drops orbax's ERROR records (each failed background save thread logs its traceback); the
-    CheckpointSaveError raised in the main thread carries the cause."""
+    """Drops orbax's ERROR records (each failed background save thread logs its traceback) and asyncio's
+    'Task exception was never retrieved' records for orbax's write tasks; the CheckpointSaveError raised in the main
+    thread carries the cause."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+        if record.levelno < logging.ERROR:
+            return True
+        return "orbax" not in record.pathname and not (record.name == "asyncio" and "orbax" in record.getMessage())
 
 
 def _quiet_failed_saves() -> None:
@@ -44,6 +47,7 @@ def _quiet_failed_saves() -> None:
     dropped, and so are the 'Event loop is closed' errors that TensorStore write callbacks of the failed save
     raise after orbax closed its event loop (reported through ``sys.unraisablehook``)."""
     absl_logging.get_absl_logger().addFilter(_NoOrbaxErrors())
+    logging.getLogger("asyncio").addFilter(_NoOrbaxErrors())
     default = sys.unraisablehook
 
     def hook(unraisable) -> None:

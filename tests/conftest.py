@@ -8,8 +8,13 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("PI0_FRAME_CACHE", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".cache",
                                                                       "lerobot_frames")))
 
-# No persistent compilation cache in the test process: the suite segfaulted inside XLA compiles (first while loading a
-# cache entry, then with the cache off too), so the cache was ruled out as the cause but stays off; see below.
+# One persistent compilation cache for the whole run, in the repo's .cache (empty on a clean clone): the test process,
+# every xdist worker and every script a test starts (train.py reads PI0_JAX_CACHE) load the executables another
+# process already compiled instead of compiling the same tiny programs again.
+_JAX_CACHE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".cache", "jax"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+os.environ.setdefault("PI0_JAX_CACHE", os.environ["JAX_COMPILATION_CACHE_DIR"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import dataclasses  # noqa: E402
 import gc  # noqa: E402

@@ -2,7 +2,9 @@
 
 Writers build their output in a hidden temporary sibling of the destination and publish it with ``rename``, so a
 reader never sees a half-written file or directory: either the old complete one, or the new complete one.
-Everything is flushed (``fsync``) before it is renamed into place.
+Everything is flushed (``fsync``) before it is renamed into place. What they publish has the permissions a plain
+``open``/``mkdir`` would give under the process's umask (a replaced file keeps its mode), not the private modes of
+``tempfile``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+def umask() -> int:
+    """The process's file-mode creation mask (read without changing it where ``/proc`` allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def sibling(path: Path, tag: str) -> Path:
     """A fresh hidden name next to ``path``: ``<parent>/.<name>.<tag>-<8 hex digits>`` (not created)."""
     return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
@@ -59,8 +75,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -109,15 +130,14 @@ def publish_dir(tmp: Path, final: Path, *, overwrite: bool = True) -> bool:
 def atomic_directory(final: Path, *, overwrite: bool, mode: int | None = None) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``final``; on success publish it as ``final`` (:func:`publish_dir`).
 
-    On any exception the temporary directory is deleted and ``final`` is untouched. The temporary directory is
-    private (``0o700``, as ``tempfile.mkdtemp`` makes it) unless ``mode`` is given.
+    On any exception the temporary directory is deleted and ``final`` is untouched. The directory gets ``mode``, or
+    what ``mkdir`` gives under the umask.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode if mode is not None else 0o777 & ~umask())
         yield tmp
         publish_dir(tmp, final, overwrite=overwrite)
     except BaseException:

@@ -1,6 +1,7 @@
 """Export: a training step → openpi serving layout (params + assets), round trip, bf16, flow tree == π₀'s."""
 
 import dataclasses
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -60,3 +61,48 @@ def test_flow_and_eqm_param_trees_are_identical():
     e = jax.eval_shape(lambda: dataclasses.replace(model_config("pi0_tiny"), decoder=EqmConfig()).init(
         jax.random.key(0)))
     assert jax.tree.map(lambda x: x.shape, f) == jax.tree.map(lambda x: x.shape, e)
+
+
+def test_overwrite_replaces_only_an_export(trained_libero, tmp_path, monkeypatch):
+    """``--overwrite`` replaces a directory an export made; any other directory (the cwd, a run, a folder of the
+    user's) is refused with what it would have deleted, and left as it was."""
+    _, step_dir = trained_libero
+    out = export_checkpoint(step_dir, tmp_path / "exported")
+    (out / "extra.txt").write_text("x")
+    export_checkpoint(step_dir, out, overwrite=True)  # an export: replaced
+    assert (out / "params").is_dir() and not (out / "extra.txt").exists()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("keep me")
+    with pytest.raises(ValueError, match=r"refusing to --overwrite .*no \.pi0_eqm_export\.json marker.*notes\.md"):
+        export_checkpoint(step_dir, mine, overwrite=True)
+    assert (mine / "notes.md").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.md"]
+
+    monkeypatch.chdir(mine)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "export_checkpoint.py"), "--checkpoint",
+                           str(step_dir), "--out", ".", "--overwrite"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "refusing to --overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert (mine / "notes.md").read_text() == "keep me"
+
+    afile = tmp_path / "a_file"
+    afile.write_text("data")
+    with pytest.raises(ValueError, match="not a directory"):
+        export_checkpoint(step_dir, afile, overwrite=True)
+    assert afile.read_text() == "data"
+
+
+def test_export_files_follow_the_umask(trained_libero, tmp_path):
+    """An export made by one user is readable by another: files and directories get the modes ``open``/``mkdir``
+    give under the umask, not ``tempfile``'s private 0600/0700."""
+    _, step_dir = trained_libero
+    old = os.umask(0o022)
+    try:
+        out = export_checkpoint(step_dir, tmp_path / "exported")
+    finally:
+        os.umask(old)
+    for p in [out, *out.rglob("*")]:
+        mode = p.stat().st_mode & 0o777
+        assert mode & 0o044 == 0o044, f"{p.relative_to(tmp_path)} is {oct(mode)}"
+        if p.is_dir():
+            assert mode & 0o011 == 0o011, f"{p.relative_to(tmp_path)} is {oct(mode)}"

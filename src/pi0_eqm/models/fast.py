@@ -239,7 +239,7 @@ class FastTokenizer:
         target = Path(directory).absolute()
         if target.exists() and not target.is_dir():
             raise NotADirectoryError(f"cannot save FAST tokenizer: {target} exists and is not a directory")
-        with atomic_directory(target, overwrite=True, mode=0o755) as tmp:  # fsynced before it is renamed
+        with atomic_directory(target, overwrite=True) as tmp:  # fsynced before it is renamed
             (tmp / TOKENIZER_FILE).write_text(self._tok.to_str(pretty=True), encoding="utf-8")
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config()), encoding="utf-8")
         return target

@@ -111,25 +111,28 @@ def _contents(directory: Path) -> str:
     return f"{files} files, {n_bytes / 2**20:.1f} MiB: {shown}"
 
 
-def check_overwritable(directory: Path, base_dir: Path | None) -> None:
-    """Raise :class:`ValueError` unless ``--overwrite`` may delete ``directory``: a real directory (not a symlink)
-    holding the run marker, strictly inside ``base_dir`` (when given), and not /, the home directory or a parent of
-    the cwd. The message says what would have been deleted."""
+def check_overwritable(directory: Path, base_dir: Path | None, *, marker: str = RUN_MARKER,
+                       made_by: str = "the trainer as a run directory",
+                       way_out: str = "choose another --exp-name / --checkpoint-base-dir") -> None:
+    """Raise :class:`ValueError` unless ``--overwrite`` may delete ``directory``: a real directory (not a symlink or
+    a file) holding ``marker``, strictly inside ``base_dir`` (when given), and not /, the home directory or a parent
+    of the cwd. The message says what would have been deleted."""
     _refuse_to_wipe(directory)
     why = None
     if directory.is_symlink():
         why = "it is a symbolic link"
+    elif not directory.is_dir():
+        why = "it is not a directory"
     elif base_dir is not None:
         base = Path(base_dir).expanduser().resolve()
         if base not in directory.resolve().parents:
             why = f"it is not inside the checkpoint base dir {base}"
-    if why is None and not (directory / RUN_MARKER).is_file():
-        why = f"it was not created by the trainer as a run directory (no {RUN_MARKER} marker in it)"
+    if why is None and not (directory / marker).is_file():
+        why = f"it was not created by {made_by} (no {marker} marker in it)"
     if why is not None:
-        raise ValueError(
-            f"refusing to --overwrite {directory}: {why}. It would have deleted {_contents(directory)}. Delete it "
-            "yourself if that is what you want, or choose another --exp-name / --checkpoint-base-dir."
-        )
+        what = _contents(directory) if directory.is_dir() and not directory.is_symlink() else "it"
+        raise ValueError(f"refusing to --overwrite {directory}: {why}. It would have deleted {what}. Delete it "
+                         f"yourself if that is what you want, or {way_out}.")
 
 
 def _wipe(directory: Path) -> None:
@@ -211,6 +214,8 @@ def initialize_checkpoint_dir(
     * ``overwrite``: delete the directory (only if :func:`check_overwritable` allows it) and start fresh.
     * ``resume``: the directory must hold at least one complete step (else :class:`FileNotFoundError`).
     * neither: the directory must not exist or be empty (else :class:`FileExistsError`).
+    * a run directory (run marker) with no step directory at all is reused as a fresh run in either case: the
+      identical retry of a start that failed or was stopped is never blocked.
 
     The run lock is taken before anything is changed (:class:`pi0_eqm.training.run_lock.RunLockedError` if another
     live trainer holds it) and kept until :func:`release_run_dir`. A fresh directory gets the run marker; a resumed
@@ -232,10 +237,16 @@ def initialize_checkpoint_dir(
         raise NotADirectoryError(f"checkpoint directory {directory} exists and is not a directory")
 
     non_empty = directory.is_dir() and any(p.name != LOCK_FILE for p in directory.iterdir())
+    # A run directory whose start failed or was stopped before its first step was committed: the same command again
+    # (with or without --resume) starts the run in it from step 0.
+    unstarted = non_empty and (directory / RUN_MARKER).is_file() and not step_dirs(directory)
     resuming = False
     lock = RunLock(directory)
     if non_empty:
-        if overwrite:
+        if unstarted and not overwrite:
+            logger.warning("%s holds no checkpoint step (an earlier start failed or was stopped); starting the run "
+                           "in it from step 0", directory)
+        elif overwrite:
             check_overwritable(directory, Path(base_dir) if base_dir is not None else None)
             on_primary("lock", _acquire, lock)  # never delete the directory of a running trainer
             logger.info("--overwrite: deleting %s", directory)

@@ -27,6 +27,8 @@ import tyro
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.episodes import EpisodeDetection
 from pi0_eqm.policies.policy import SERVING_CAPS
+from pi0_eqm.serving.server import MAX_CONNECTIONS
+from pi0_eqm.serving.server import MAX_CONNECTIONS_PER_PEER
 
 
 @dataclasses.dataclass
@@ -41,8 +43,8 @@ class Args:
     default_prompt: str | None = None
     image_size: int | None = None  # expected camera size (default: 224 for LIBERO/ALOHA, the model's for Meta-World)
     max_workers: int = 1
-    max_connections: int = 64
-    max_connections_per_peer: int = 16  # per client IP address
+    max_connections: int = MAX_CONNECTIONS
+    max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER  # per client IP address (a 64-shard evaluation host)
     idle_timeout: float = 300.0  # seconds without a request before a connection is closed
     max_batch: int = 1  # > 1: requests from different connections are decoded together (fleets, parallel eval)
     max_wait_ms: float = 5.0  # how long a batch waits for more requests

@@ -18,6 +18,7 @@ from pi0_eqm.serving import ObservationSchema
 from pi0_eqm.serving import PolicyServer
 from pi0_eqm.serving import packb
 from pi0_eqm.serving import unpackb
+from pi0_eqm.serving.server import CONTROL_KEY
 from pi0_eqm.serving.server import bind_socket
 from tests.serving.conftest import StatePolicy
 from tests.serving.conftest import expected_actions
@@ -78,6 +79,21 @@ def test_idle_connection_is_closed():
             ws.send(packb(GOOD))
             assert isinstance(ws.recv(timeout=5), bytes)
         ws.close()
+
+
+def test_resets_and_invalid_frames_do_not_keep_a_connection_open():
+    """Idle means no observation: a client that only sends resets (or garbage) is closed after the idle timeout."""
+    with PolicyServer(StatePolicy(), port=0, idle_timeout=0.5) as server:
+        for frame in (packb({CONTROL_KEY: "reset"}), b"not msgpack"):
+            ws = open_ws(server.port)
+            start = time.monotonic()
+            with pytest.raises(ConnectionClosed) as info:
+                while time.monotonic() - start < 5:
+                    ws.send(frame)
+                    ws.recv(timeout=5)
+                    time.sleep(0.05)
+            assert info.value.rcvd.code == 1001 and "idle" in info.value.rcvd.reason
+            assert time.monotonic() - start < 2.0
 
 
 def test_not_ready_until_warm_up_is_done():
@@ -221,3 +237,21 @@ def test_requests_from_different_connections_are_batched():
                 assert reply == "Invalid request: state -1 is refused"
                 continue
             np.testing.assert_allclose(unpackb(reply)["actions"], expected_actions(state))
+
+
+def test_default_limits_serve_a_64_client_evaluation_host():
+    """An evaluation host running 64 openpi clients (vla-eval shards) is served with the default limits; the 65th
+    connection from that host is refused, so one address never holds every slot."""
+    with PolicyServer(StatePolicy(), port=0) as server:
+        assert server.max_connections > server.max_connections_per_peer == 64
+        conns = [open_ws(server.port) for _ in range(64)]
+        try:
+            with pytest.raises(InvalidStatus) as info:
+                open_ws(server.port)
+            assert info.value.response.status_code == 503
+            conns[-1].send(packb(GOOD))
+            assert isinstance(conns[-1].recv(timeout=5), bytes)
+            assert healthz(server.port) == (200, b"OK\n")
+        finally:
+            for ws in conns:
+                ws.close()

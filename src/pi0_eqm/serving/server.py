@@ -25,7 +25,8 @@ Differences from openpi (all invisible to openpi clients on valid traffic):
   ``policy.reset(session)`` (or ``reset()``) is called on a reset request; ``policy.close(session)`` (else
   ``reset``) when the connection closes.
 * Capacity: at most ``max_connections`` connections, ``max_connections_per_peer`` from one IP address (HTTP 503
-  beyond either), and a connection that sends nothing for ``idle_timeout`` seconds is closed (code 1001).
+  beyond either), and a connection that sends no observation for ``idle_timeout`` seconds is closed (code 1001;
+  resets and invalid frames do not keep it open).
 * ``prev_total_ms`` is measured from receipt of the request to the reply being sent.
 
 Reset requests (an extension; openpi clients never send them):
@@ -88,6 +89,9 @@ __all__ = ["PolicyServer", "SessionPolicy", "CONTROL_KEY", "RESET_KEY", "bind_so
 logger = logging.getLogger(__name__)
 
 CONTROL_KEY = "__control__"
+# One evaluation host runs up to 64 openpi clients (vla-eval shards); one peer never holds more than half the slots.
+MAX_CONNECTIONS = 128
+MAX_CONNECTIONS_PER_PEER = 64
 RESET_KEY = "__reset__"
 INVALID_PREFIX = "Invalid request: "
 _INTERNAL_REASON = "Internal server error; see the previous frame"
@@ -133,8 +137,8 @@ class PolicyServer:
         schema: ObservationSchema | None = None,
         limits: WireLimits | None = None,
         max_workers: int = 1,
-        max_connections: int = 64,
-        max_connections_per_peer: int = 16,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER,
         idle_timeout: float | None = 300.0,
         max_batch: int = 1,
         max_wait_ms: float = 5.0,
@@ -311,9 +315,11 @@ class PolicyServer:
     async def _serve_connection(self, ws: ws_server.ServerConnection, session: str) -> None:
         loop = asyncio.get_running_loop()
         prev_total_ms: float | None = None
+        last_obs = time.monotonic()  # only observations keep a connection alive (not resets or invalid frames)
         while True:
+            left = None if self.idle_timeout is None else max(0.0, self.idle_timeout - (time.monotonic() - last_obs))
             try:
-                message = await asyncio.wait_for(ws.recv(), self.idle_timeout)
+                message = await asyncio.wait_for(ws.recv(), left)
             except TimeoutError:
                 logger.info("Connection %s idle for %s s: closing", session, self.idle_timeout)
                 await ws.close(code=CloseCode.GOING_AWAY, reason=f"idle for {self.idle_timeout} s")
@@ -334,6 +340,7 @@ class PolicyServer:
                 if obs is None:  # control message
                     await ws.send(packb({CONTROL_KEY: "reset", "ok": True, "session": session}))
                     continue
+                last_obs = time.monotonic()
                 output = await self._run_infer(obs, session)
                 output["server_timing"] = {"infer_ms": (time.monotonic() - start) * 1000}
                 if prev_total_ms is not None:

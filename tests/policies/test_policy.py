@@ -1,9 +1,15 @@
 """Policy: transforms + decoder + per-session warm start, on a real (tiny) LIBERO-config checkpoint written to disk."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
 
+from pi0_eqm.data.normalize import NormStats
+from pi0_eqm.data.normalize import load_norm_stats
+from pi0_eqm.data.normalize import save_norm_stats
+from pi0_eqm.data.pipeline import NormStatsMismatchError
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.errors import InvalidRequestError
 from pi0_eqm.policies.episodes import EpisodeDetection
@@ -122,3 +128,31 @@ def test_flow_policy_from_params_runs():
     out = policy.infer({k: v for k, v in sample.items() if k not in ("actions", "action_is_pad")})
     assert out["actions"].shape == (cfg.model.action_horizon, cfg.model.action_dim)
     assert out["solver"]["decoder"] == "flow" and out["solver"]["iterations"] == 10
+
+
+def test_norm_stats_of_another_width_are_refused_naming_the_file(trained_libero, tmp_path):
+    """A checkpoint whose norm stats do not have the robot's dims is refused, never served with sliced or padded
+    stats (openpi would slice them silently)."""
+    cfg, step_dir = trained_libero
+    copy = tmp_path / "step"
+    shutil.copytree(step_dir, copy)
+    stats_dir = copy / "assets" / "physical-intelligence/libero"
+    stats = load_norm_stats(stats_dir)
+    wide = NormStats(mean=np.zeros(10), std=np.ones(10), q01=-np.ones(10), q99=np.ones(10))
+    save_norm_stats(stats_dir, {**stats, "actions": wide})
+    with pytest.raises(NormStatsMismatchError, match=r"libero/norm_stats\.json: .*'actions' has 10 dims, the "
+                                                     r"robot's actions has 7"):
+        create_trained_policy(cfg, copy)
+
+
+def test_a_chunk_far_outside_the_training_range_is_refused(trained_libero):
+    """A reply is never 1e30: a chunk more than 100 normalized units from the data's center is an error, and the
+    same policy with its own params answers."""
+    cfg, step_dir = trained_libero
+    policy = create_trained_policy(cfg, step_dir, settings=DecoderSettings(max_iters=3))
+    obs = libero_obs(np.random.default_rng(0))
+    assert np.all(np.isfinite(policy.infer(obs, session="ok")["actions"]))
+    proj = policy.params["action_out_proj"]
+    policy.params = {**policy.params, "action_out_proj": jax.tree.map(lambda x: x * 1e4, proj)}
+    with pytest.raises(InvalidRequestError, match="normalized units from the training data's center"):
+        policy.infer(obs, session="big")

@@ -9,7 +9,8 @@ A ``Pipeline`` holds the transform groups of one train config and its norm stats
     warm start    delta actions → Normalize (actions) → pad                 (a previous robot chunk → model space)
 
 ``repack`` maps dataset keys to the client's keys, ``robot`` is the robot's input/output transforms (plus delta
-actions), ``model`` tokenizes, resizes and pads. Training, norm stats, serving and analysis all take their chains
+actions), ``model`` tokenizes, resizes and pads. ``stats_dims`` (the robot's state and action dims) is what the norm
+stats must match exactly: stats of another width are refused, never sliced or padded. Training, norm stats, serving and analysis all take their chains
 from here.
 """
 
@@ -22,6 +23,10 @@ from pi0_eqm.data import transforms as _t
 from pi0_eqm.data.normalize import NormStats
 
 
+class NormStatsMismatchError(ValueError):
+    """Norm stats whose keys or widths do not fit the robot they are applied to."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
     repack: _t.Group = _t.Group()
@@ -29,6 +34,26 @@ class Pipeline:
     model: _t.Group = _t.Group()
     norm_stats: Mapping[str, NormStats] | None = None
     use_quantile_norm: bool = False
+    stats_dims: Mapping[str, int] | None = None  # e.g. {"state": 8, "actions": 7}
+    # The robot input transforms that act on actions (delta actions), applied again to bring a robot-space chunk back
+    # into model space (warm start, real-time prefix).
+    robot_actions: tuple[_t.DataTransformFn, ...] = ()
+
+    def __post_init__(self):
+        if self.norm_stats is None or self.stats_dims is None:
+            return
+        problems = []
+        for key, dim in self.stats_dims.items():
+            stats = self.norm_stats.get(key)
+            if stats is None:
+                problems.append(f"no {key!r} entry (it has {sorted(self.norm_stats)})")
+            elif stats.mean.shape[0] != dim:
+                problems.append(f"{key!r} has {stats.mean.shape[0]} dims, the robot's {key} has {dim}")
+            elif self.use_quantile_norm and stats.q01 is None:
+                problems.append(f"{key!r} has no q01/q99, which quantile normalization needs")
+        if problems:
+            raise NormStatsMismatchError(f"norm stats do not fit this config: {'; '.join(problems)}. Compute them for this "
+                             "config's robot and data (scripts/compute_norm_stats.py <config>)")
 
     def with_norm_stats(self, norm_stats: Mapping[str, NormStats] | None) -> Pipeline:
         return dataclasses.replace(self, norm_stats=norm_stats)
@@ -52,6 +77,6 @@ class Pipeline:
 
     def warm_start_actions(self, action_dim: int) -> _t.DataTransformFn:
         """The action part of the inference inputs: ``{"state", "actions"}`` in robot space → model-space actions."""
-        deltas = [t for t in self.robot.inputs if isinstance(t, _t.DeltaActions)]
         stats = {k: v for k, v in (self.norm_stats or {}).items() if k == "actions"} or None
-        return _t.compose([*deltas, _t.Normalize(stats, self.use_quantile_norm), _t.PadStatesAndActions(action_dim)])
+        return _t.compose([*self.robot_actions, _t.Normalize(stats, self.use_quantile_norm),
+                           _t.PadStatesAndActions(action_dim)])

@@ -109,12 +109,14 @@ class Policy:
     def __init__(self, model_config: Pi0Config, params: Any, *, input_transforms=(), output_transforms=(),
                  action_transforms=(), settings: DecoderSettings | None = None, metadata: dict | None = None,
                  seed: int = 0, caps: RequestCaps | None = None, episodes: EpisodeDetection | None = None,
-                 state_key: Sequence[str] = ("state",)):
+                 state_key: Sequence[str] = ("state",), max_model_action: float | None = None):
         """``input_transforms``: robot inputs → Normalize → model inputs; ``output_transforms``: Unnormalize → robot
         outputs; ``action_transforms``: the action part of the inputs (delta, normalize, pad) used to bring a previous
         robot-space chunk back into model space for warm starts. ``caps`` bound every request's resolved settings
         (the defaults included); ``episodes`` (default ``EpisodeDetection()``) detects new episodes; ``state_key``
-        is the key path of the raw robot state in an observation (the robot's ``RobotSpec.state_key``)."""
+        is the key path of the raw robot state in an observation (the robot's ``RobotSpec.state_key``);
+        ``max_model_action``: a chunk with a larger normalized (model-space) action magnitude is refused like a
+        non-finite one (set when the actions are normalized: no trained policy emits 100 standard deviations)."""
         self.config = model_config
         self.params = params
         self.settings = settings or DecoderSettings()
@@ -122,6 +124,7 @@ class Policy:
         self.episodes = episodes or EpisodeDetection()
         # The composed transforms (public: analysis code runs them on observations and chunks of its own).
         self.state_key = tuple(state_key)
+        self.max_model_action = max_model_action
         self.input_transform = _t.compose(input_transforms)
         self.output_transform = _t.compose(output_transforms)
         self.action_transform = _t.compose(action_transforms)
@@ -253,7 +256,7 @@ class Policy:
         init = noise
         if req.warm:
             prev = self.action_transform({"state": req.raw_state, "actions": sess.prev_actions})["actions"]
-            prev = jnp.asarray(_t.pad_to_dim(np.asarray(prev, np.float32), cfg.action_dim))[None]
+            prev = jnp.asarray(prev, jnp.float32)[None]  # already padded to action_dim by the action transforms
             # The previous chunk was re-expressed for the new state; the shift by the executed actions is on time.
             init = warm_start_init(prev, req.settings.executed, noise, req.settings.warm_start,
                                    req.settings.max_reuse)
@@ -322,6 +325,13 @@ class Policy:
             raise InvalidRequestError(f"the policy produced {int(np.sum(~np.isfinite(actions)))} non-finite action "
                                       "value(s) for this observation; nothing is returned and this session's warm "
                                       "start is cleared")
+        real = self.config.real_action_dim or self.config.action_dim
+        peak = float(np.max(np.abs(np.asarray(decoded.actions)[..., :real]), initial=0.0))
+        if self.max_model_action is not None and peak > self.max_model_action:
+            sess.prev_actions = None
+            raise InvalidRequestError(f"the policy produced a chunk {peak:.3g} normalized units from the training "
+                                      f"data's center (the bound is {self.max_model_action:g}); nothing is returned "
+                                      "and this session's warm start is cleared")
         sess.prev_actions = actions.copy() if self.decoder.warm_starts else None
         sess.prompt, sess.state, sess.replied_at = req.prompt, np.asarray(req.inputs["state"]), time.monotonic()
         return {

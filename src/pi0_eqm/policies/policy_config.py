@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 
 from pi0_eqm.data.normalize import load_norm_stats
+from pi0_eqm.data.pipeline import NormStatsMismatchError
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy import Policy
 from pi0_eqm.training.checkpoint_dir import latest_step_dir
@@ -29,16 +30,21 @@ from pi0_eqm.training.params_io import restore_params
 logger = logging.getLogger(__name__)
 
 _MAX_LISTED = 10
+# Largest normalized action magnitude a served chunk may have (z-score: standard deviations from the mean; quantile:
+# 1 is the 1st/99th percentile).
+MAX_NORMALIZED_ACTION = 100.0
 
 
 def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: DecoderSettings | None = None,
                        default_prompt: str | None = None) -> Policy:
-    pipeline = config.data.create(config.model, config.assets_dir).pipeline.with_norm_stats(norm_stats)
+    pipeline = config.data.create(config.model, config.assets_dir, load_stats=False).pipeline
+    pipeline = pipeline.with_norm_stats(norm_stats)
     spec = config.data.spec()
     return Policy(config.model, params, input_transforms=(pipeline.inference_inputs(default_prompt),),
                   output_transforms=(pipeline.inference_outputs(),),
                   action_transforms=(pipeline.warm_start_actions(config.model.action_dim),), settings=settings,
-                  metadata=config.policy_metadata, state_key=spec.state_key if spec is not None else ("state",))
+                  metadata=config.policy_metadata, state_key=spec.state_key if spec is not None else ("state",),
+                  max_model_action=MAX_NORMALIZED_ACTION if norm_stats else None)
 
 
 def resolve_checkpoint(checkpoint: str | Path, config: TrainConfig | str | None = None) -> tuple[TrainConfig, Path]:
@@ -101,4 +107,8 @@ def create_trained_policy(config: TrainConfig | str | None, checkpoint_dir: str 
         if not (stats_dir / "norm_stats.json").is_file():
             raise FileNotFoundError(f"norm stats missing: expected {stats_dir / 'norm_stats.json'}")
         norm_stats = load_norm_stats(stats_dir)
+        try:
+            return policy_from_params(config, params, norm_stats, settings=settings, default_prompt=default_prompt)
+        except NormStatsMismatchError as e:
+            raise NormStatsMismatchError(f"{stats_dir / 'norm_stats.json'}: {e}") from e
     return policy_from_params(config, params, norm_stats, settings=settings, default_prompt=default_prompt)

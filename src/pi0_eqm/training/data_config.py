@@ -22,6 +22,7 @@ from pi0_eqm.data.lerobot_v3 import LeRobotV3Dataset
 from pi0_eqm.data.lerobot_v3 import is_lerobot_v3
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.data.normalize import load_norm_stats
+from pi0_eqm.data.pipeline import NormStatsMismatchError
 from pi0_eqm.data.pipeline import Pipeline
 from pi0_eqm.data.rlds import RldsDataset
 from pi0_eqm.models.fast import FastTokenizer
@@ -160,26 +161,35 @@ class EpisodicDataConfig:
         if self.format == "lerobot":
             reader = LeRobotV3Dataset if is_lerobot_v3(path) else LeRobotDataset  # v3.0 or v2.0/v2.1
             return reader(path, **self.spec().lerobot_keys())
-        return RldsDataset(path)
+        return RldsDataset(path, **self.spec().rlds_keys())
 
     def spec(self) -> RobotSpec:
         return get_robot(self.robot)
 
-    def create(self, model: Pi0Config, assets_dir: Path) -> DataConfig:
+    def create(self, model: Pi0Config, assets_dir: Path, *, load_stats: bool = True) -> DataConfig:
+        """The data config; ``load_stats``: read ``<assets_dir>/<asset_id>/norm_stats.json`` (when present) and
+        check it against the robot's dims."""
         spec = self.spec()
         real = model.real_action_dim or model.action_dim
         if real != spec.action_dim:
             raise ValueError(f"robot {spec.name!r} has {spec.action_dim}-d actions but the model's real_action_dim is "
                              f"{real}; set --model.real-action-dim={spec.action_dim}")
-        robot = _t.Group(inputs=(spec.inputs(),), outputs=(spec.outputs(),))
+        robot, robot_actions = _t.Group(inputs=(spec.inputs(),), outputs=(spec.outputs(),)), ()
         if self.extra_delta_transform:
             if spec.delta_mask is None:
                 raise ValueError(f"robot {spec.name!r} declares no delta mask; it cannot train with delta actions")
-            robot = robot.push(inputs=(_t.DeltaActions(spec.delta_mask),), outputs=(_t.AbsoluteActions(spec.delta_mask),))
+            robot_actions = (_t.DeltaActions(spec.delta_mask),)
+            robot = robot.push(inputs=robot_actions, outputs=(_t.AbsoluteActions(spec.delta_mask),))
         fast = load_fast_tokenizer(model, assets_dir / self.asset_id)
-        pipeline = Pipeline(repack=_t.Group(inputs=(spec.repack(),)), robot=robot,
-                            model=model_transforms(model, self.default_prompt, fast),
-                            norm_stats=_load_stats(assets_dir, self.asset_id), use_quantile_norm=self.use_quantile_norm)
+        try:
+            pipeline = Pipeline(repack=_t.Group(inputs=(spec.repack(),)), robot=robot,
+                                model=model_transforms(model, self.default_prompt, fast),
+                                norm_stats=_load_stats(assets_dir, self.asset_id) if load_stats else None,
+                                use_quantile_norm=self.use_quantile_norm,
+                                stats_dims={"state": spec.state_dim, "actions": spec.action_dim},
+                                robot_actions=robot_actions)
+        except NormStatsMismatchError as e:
+            raise NormStatsMismatchError(f"{assets_dir / self.asset_id / 'norm_stats.json'}: {e}") from e
         return DataConfig(asset_id=self.asset_id, pipeline=pipeline, source=self, fast_tokenizer=fast)
 
 
@@ -190,7 +200,7 @@ class ToyDataConfig:
     num_samples: int = 4096
     asset_id: str | None = None
 
-    def create(self, model: Pi0Config, assets_dir: Path) -> DataConfig:
+    def create(self, model: Pi0Config, assets_dir: Path, *, load_stats: bool = True) -> DataConfig:
         fast, transforms = None, _t.Group()
         if model.ki is not None:  # no assets: fit FAST on 1024 generated chunks (deterministic, well under a second)
             source = ToySource(model, 1024, seed=0)

@@ -25,7 +25,7 @@ def compute_for_config(config: TrainConfig, *, max_frames: int | None = None, se
     insulation it then fits the FAST tokenizer on the normalised chunks (``<asset_id>/fast_tokenizer/``)."""
     if not isinstance(config.data, EpisodicDataConfig):
         raise ValueError(f"config {config.name!r} uses {type(config.data).__name__}, which needs no norm stats")
-    data_cfg = config.data.create(config.model, config.assets_dir)
+    data_cfg = config.data.create(config.model, config.assets_dir, load_stats=False)  # (re)computing them
     chunked = ChunkedDataset(config.data.open_source(), config.model.action_horizon, images=False)
     transform = data_cfg.pipeline.statistics()
     placeholders = config.data.spec().stats_placeholders()  # the samples carry no images

@@ -10,6 +10,8 @@ from pi0_eqm.data.episodes import ACTION_KEY
 from pi0_eqm.data.episodes import STATE_KEY
 from pi0_eqm.data.episodes import Episode
 from pi0_eqm.data.lerobot import write_lerobot_dataset
+from pi0_eqm.data.rlds import RldsDataset
+from pi0_eqm.data.rlds import write_rlds_dataset
 from pi0_eqm.models.pi0 import IMAGE_KEYS
 from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.robots import ALOHA
@@ -61,6 +63,25 @@ def test_repack_maps_dataset_samples_to_the_clients_keys():
     assert ALOHA.repack()(sample) == {"images": {"cam_high": 1, "cam_left_wrist": 2, "cam_right_wrist": 3},
                                       "state": 4, "actions": 5, "prompt": "p"}
     assert ALOHA.lerobot_keys()["image_keys"]["images/cam_high"] == "observation.images.cam_high"
+
+
+def test_rlds_datasets_are_read_with_the_spec_s_keys(tmp_path):
+    """The RLDS reader takes its camera, state, action and instruction paths from the robot spec, as LeRobot's does;
+    a robot that names no RLDS cameras is a clear error."""
+    eps = [Episode({"observation/image": np.zeros((3, 8, 8, 3), np.uint8),
+                    "observation/wrist_image": np.ones((3, 8, 8, 3), np.uint8),
+                    STATE_KEY: np.zeros((3, 8), np.float32), ACTION_KEY: np.zeros((3, 7), np.float32)}, prompt="go")]
+    path = write_rlds_dataset(tmp_path, "tiny_libero", eps)
+    cfg = dataclasses.replace(get_config("debug_libero"), data=dataclasses.replace(
+        get_config("debug_libero").data, format="rlds", path=str(path)))
+    ep = cfg.data.open_source().episode(0)
+    assert sorted(ep.steps) == sorted(["observation/image", "observation/wrist_image", STATE_KEY, ACTION_KEY])
+    assert ep.prompt == "go" and ep.steps["observation/wrist_image"].max() == 1
+    renamed = dataclasses.replace(LIBERO, rlds_state="observation/joints")
+    with pytest.raises(ValueError, match="observation/joints"):
+        RldsDataset(path, **renamed.rlds_keys())
+    with pytest.raises(ValueError, match="names no RLDS camera features"):
+        ALOHA.rlds_keys()
 
 
 def test_spec_rejects_views_the_model_does_not_have():

@@ -42,6 +42,7 @@ from pi0_eqm.data.episodes import check_index
 from pi0_eqm.data.episodes import decode_image
 from pi0_eqm.data.episodes import encode_png
 from pi0_eqm.data.episodes import is_image_array
+from pi0_eqm.errors import FeatureNotFoundError
 
 LIBERO_LEROBOT_IMAGE_KEYS: Mapping[str, str] = {"observation/image": "image", "observation/wrist_image": "wrist_image"}
 # Episode key -> LeRobot feature name used by the writer (physical-intelligence/libero naming).
@@ -119,7 +120,7 @@ class LeRobotDataset:
         wanted = {**{f"image_keys[{k!r}]": v for k, v in self._image_map.items()}, "state_key": state_key, "action_key": action_key}
         for arg, name in wanted.items():
             if name not in self._features:
-                raise KeyError(f"{info_path}: {arg}={name!r} is not a feature; available features: {sorted(self._features)}")
+                raise FeatureNotFoundError(f"{info_path}: {arg}={name!r} is not a feature; available features: {sorted(self._features)}")
         for out_key, name in self._image_map.items():
             if self._features[name]["dtype"] not in ("image", "video"):
                 raise TypeError(f"{info_path}: image_keys[{out_key!r}]={name!r} has dtype {self._features[name]['dtype']!r}, not image/video")

@@ -42,6 +42,7 @@ from pi0_eqm.data.episodes import encode_png
 from pi0_eqm.data.episodes import is_image_array
 from pi0_eqm.data.lerobot import LIBERO_LEROBOT_IMAGE_KEYS
 from pi0_eqm.data.lerobot import LIBERO_LEROBOT_NAMES
+from pi0_eqm.errors import FeatureNotFoundError
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -100,7 +101,7 @@ class LeRobotV3Dataset:
         self._image_map, self._state_key, self._action_key = dict(image_keys), state_key, action_key
         for name in (*self._image_map.values(), state_key, action_key):
             if name not in self._features:
-                raise KeyError(f"{info_path}: {name!r} is not a feature; available features: {sorted(self._features)}")
+                raise FeatureNotFoundError(f"{info_path}: {name!r} is not a feature; available features: {sorted(self._features)}")
         files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
         if not files:
             raise FileNotFoundError(f"{self.root}/meta/episodes/ holds no episode files")

@@ -36,6 +36,7 @@ from pi0_eqm.data.episodes import decode_image
 from pi0_eqm.data.episodes import encode_png
 from pi0_eqm.data.episodes import is_image_array
 from pi0_eqm.data.tfrecord import TFRecordSplit
+from pi0_eqm.errors import FeatureNotFoundError
 
 LIBERO_RLDS_IMAGE_KEYS: Mapping[str, str] = {k: k for k in LIBERO_IMAGE_KEYS}
 _STEP_DEFAULTS = ("is_first", "is_last", "is_terminal", "reward", "discount")
@@ -322,7 +323,7 @@ class RldsDataset:
                   "action_key": action_key, "instruction_key": instruction_key}  # fmt: skip
         for arg, key in wanted.items():
             if key not in leaves:
-                raise KeyError(f"{self.path}: {arg}={key!r} is not a step feature; available step features: {sorted(leaves)}")
+                raise FeatureNotFoundError(f"{self.path}: {arg}={key!r} is not a step feature; available step features: {sorted(leaves)}")
         for out_key, key in self._image_map.items():
             if not isinstance(leaves[key], tfds.features.Image):
                 raise TypeError(f"{self.path}: image_keys[{out_key!r}]={key!r} is a {type(leaves[key]).__name__}, not an Image")

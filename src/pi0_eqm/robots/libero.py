@@ -23,8 +23,9 @@ LIBERO = RobotSpec(
     state_dim=8,
     action_dim=7,
     cameras=(
-        Camera(("observation/image",), "base_0_rgb", lerobot_feature="image"),
-        Camera(("observation/wrist_image",), "left_wrist_0_rgb", lerobot_feature="wrist_image"),
+        Camera(("observation/image",), "base_0_rgb", lerobot_feature="image", rlds_feature="observation/image"),
+        Camera(("observation/wrist_image",), "left_wrist_0_rgb", lerobot_feature="wrist_image",
+               rlds_feature="observation/wrist_image"),
     ),
     state_key=("observation/state",),
     lerobot_state="state",

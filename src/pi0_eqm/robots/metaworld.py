@@ -8,7 +8,7 @@
     "prompt"                   str              the task's instruction
 
 and executes 4-d actions (hand xyz delta + gripper effort). Demos are written as RLDS (``scripts/generate_demos.py``)
-with these keys already, so no LeRobot feature names are needed; actions are absolute (no delta mask).
+with these keys (``rlds_feature``); actions are absolute (no delta mask).
 """
 
 from pi0_eqm.robots.spec import Camera
@@ -19,8 +19,9 @@ METAWORLD = RobotSpec(
     state_dim=4,
     action_dim=4,
     cameras=(
-        Camera(("observation/image",), "base_0_rgb", lerobot_feature="image"),
-        Camera(("observation/wrist_image",), "left_wrist_0_rgb", lerobot_feature="wrist_image"),
+        Camera(("observation/image",), "base_0_rgb", lerobot_feature="image", rlds_feature="observation/image"),
+        Camera(("observation/wrist_image",), "left_wrist_0_rgb", lerobot_feature="wrist_image",
+               rlds_feature="observation/wrist_image"),
     ),
     state_key=("observation/state",),
     lerobot_state="state",

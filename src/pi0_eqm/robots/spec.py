@@ -39,6 +39,7 @@ class Camera:
     key: Key  # where the client sends it: ("observation/image",) or ("images", "cam_high")
     view: str | None  # the model view it fills (one of IMAGE_KEYS), or None: accepted, not used
     lerobot_feature: str | None = None  # its LeRobot dataset feature (None: not in the datasets)
+    rlds_feature: str | None = None  # its step path in an RLDS dataset, e.g. "observation/image" (None: not there)
     layouts: tuple[str, ...] = ("HWC",)  # what the schema accepts (the transform takes either)
     required: bool = True
 
@@ -58,6 +59,9 @@ class RobotSpec:
     lerobot_state: str  # LeRobot feature names
     lerobot_actions: str
     delta_mask: tuple[bool, ...] | None = None  # dims made relative to the state under delta actions
+    rlds_state: str = "observation/state"  # RLDS step paths (LIBERO's modified_libero_rlds layout by default)
+    rlds_actions: str = "action"
+    rlds_instruction: str = "language_instruction"
     prompt_required: bool = True
     image_size: int | None = 224  # what clients send (None: the model's resolution)
 
@@ -81,6 +85,15 @@ class RobotSpec:
     def lerobot_keys(self) -> dict[str, Any]:
         return {"image_keys": {c.sample_key: c.lerobot_feature for c in self.cameras if c.lerobot_feature is not None},
                 "state_key": self.lerobot_state, "action_key": self.lerobot_actions}
+
+    def rlds_keys(self) -> dict[str, Any]:
+        """The ``RldsDataset`` keyword arguments that read this robot's cameras, state and actions."""
+        images = {c.sample_key: c.rlds_feature for c in self.cameras if c.rlds_feature is not None}
+        if not images:
+            raise ValueError(f"robot {self.name!r} names no RLDS camera features (Camera.rlds_feature); it cannot "
+                             "read RLDS datasets")
+        return {"image_keys": images, "state_key": self.rlds_state, "action_key": self.rlds_actions,
+                "instruction_key": self.rlds_instruction}
 
     def stats_placeholders(self) -> dict[str, np.ndarray]:
         """1×1 images under every dataset camera key, so the robot transforms run on samples read without images."""

@@ -153,3 +153,23 @@ def test_max_to_keep_zero_is_a_config_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["debug", "--max-to-keep=0"])
     assert exit_info.value.code == 2 and "--max-to-keep must be >= 1" in capsys.readouterr().err
+
+
+def test_a_start_that_never_committed_a_step_does_not_block_the_retry(tmp_path):
+    """A run directory left by a start that failed or was stopped before its first step (marker, lock file, a log,
+    a killed save's tmp dir) is reused by the identical command, with or without --resume; one with a step is not."""
+    run = tmp_path / "run"
+    manager, _ = ckpt.initialize_checkpoint_dir(run)
+    ckpt.release_run_dir(manager)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    (run / "1.orbax-checkpoint-tmp-123").mkdir()
+    for resume in (False, True):
+        manager, resuming = ckpt.initialize_checkpoint_dir(run, resume=resume)
+        assert not resuming and manager.all_steps() == []
+        assert not (run / "1.orbax-checkpoint-tmp-123").exists()
+        ckpt.release_run_dir(manager)
+    mine = tmp_path / "mine"  # not a run directory: still refused
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        ckpt.initialize_checkpoint_dir(mine)

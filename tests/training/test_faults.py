@@ -105,6 +105,7 @@ def test_metrics_read_like_an_uninterrupted_run_after_resume(guard):
 def test_second_ctrl_c_during_a_save_waits_and_a_third_aborts():
     saving = [False]
     with loop._StopFlag(saving=lambda: saving[0]) as stop:
+        stop.arm()
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         assert stop.signal == signal.SIGINT  # first: stop after this step and save
@@ -114,7 +115,8 @@ def test_second_ctrl_c_during_a_save_waits_and_a_third_aborts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # third: aborts
             time.sleep(0.05)
-    with loop._StopFlag(saving=lambda: False):
+    with loop._StopFlag(saving=lambda: False) as stop:
+        stop.arm()
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         with pytest.raises(KeyboardInterrupt):  # second, no save in progress: aborts at once
@@ -181,3 +183,27 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
     finally:
         subprocess.run(["umount", "-l", str(base)], check=False)
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_ends_at_once_and_the_same_command_runs_again(guard):
+    """Before the first step of a run completes no step is owed: SIGTERM during start-up or the first compile ends
+    the process at once (not after the step), and the run directory it leaves does not block the same command."""
+    args = ["debug_eqm", f"--checkpoint-base-dir={guard}", "--exp-name=early", *_TINY, "--num-train-steps=1"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = guard / "debug_eqm" / "early"
+    deadline = time.monotonic() + 120
+    while not (run / RUN_MARKER).is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.005)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == -signal.SIGTERM and took < 5, (proc.returncode, took)
+    assert not [p for p in run.iterdir() if p.name.isdigit()]
+    out = _train_cli(*args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run / "1" / "params").is_dir()

@@ -16,6 +16,7 @@ import pytest
 from pi0_eqm.training import loop
 from pi0_eqm.training import sharding
 from pi0_eqm.training.config import get_config
+from pi0_eqm.training.config import with_decoder_kind
 from pi0_eqm.training.optimizer import ConstantSchedule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +53,19 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, name):
     cfg = _cfg(tmp_path / "a", name)
     step_fn = loop._STEP_FNS[loop.step_key(cfg, sharding.make_mesh(cfg.fsdp_devices))]
     assert step_fn._cache_size() == 1
+
+    # A resume may lengthen the run; a config that trains differently is refused before anything runs, by field.
+    other = "flow" if name == "debug_eqm" else "eqm"
+    changed = dataclasses.replace(with_decoder_kind(_cfg(tmp_path / "b", name, resume=True, batch_size=4, seed=7),
+                                                    other), num_train_steps=10)
+    changed = dataclasses.replace(changed, model=dataclasses.replace(changed.model, action_horizon=5))
+    with pytest.raises(ValueError, match="differs from the one step 8") as err:
+        loop.train(changed, progress=False)
+    fields = [line.split(":")[0].strip() for line in str(err.value).splitlines()[1:-1]]
+    assert {"batch_size", "seed", "model.action_horizon", "model.decoder.kind"} <= set(fields), fields
+    assert not any(f.startswith(("num_train_steps", "resume")) for f in fields), fields
+    longer = loop.train(_cfg(tmp_path / "b", name, resume=True, num_train_steps=10, save_interval=2), progress=False)
+    assert longer["start_step"] == 8 and longer["last_step"] == 10
 
 
 def test_step_key_separates_what_changes_the_step():

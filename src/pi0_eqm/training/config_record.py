@@ -8,6 +8,8 @@ but read back as the no-op loader (a served checkpoint loads no other weights).
 
 :func:`config_differences` lists the fields that decide whether a checkpoint can be served under another config
 (model structure, decoder kind, robot and normalization), so a mismatched ``--config`` is refused by name.
+:func:`resume_differences` lists every field a ``--resume`` may not change: all of them but the run length, the
+checkpointing/logging cadence, where files live and how many devices or loader threads run it.
 """
 
 from __future__ import annotations
@@ -145,6 +147,22 @@ def _compared(config: TrainConfig) -> dict[str, Any]:
     model["data.type"] = data[_CLASS].rpartition(".")[2]
     model.update({f"data.{f}": data[f] for f in _DATA_FIELDS if f in data})
     return model
+
+
+# Fields a resumed run may change (top-level TrainConfig names; everything under them is ignored too).
+RESUMABLE_FIELDS = ("resume", "overwrite", "num_train_steps", "log_interval", "save_interval", "keep_period",
+                    "max_to_keep", "num_workers", "fsdp_devices", "fsdp_min_size_mbytes", "checkpoint_base_dir",
+                    "assets_base_dir", "wandb_enabled", "project_name", "async_checkpoint", "weight_loader")
+
+
+def resume_differences(given: TrainConfig, recorded: TrainConfig) -> list[str]:
+    """``"<field>: <recorded> in the checkpoint, <given> now"`` for each field outside :data:`RESUMABLE_FIELDS`
+    that differs between the recorded config of the step being resumed and the new config."""
+    a, b = _flatten(_to_json(given), "config"), _flatten(_to_json(recorded), "config")
+    skip = tuple(f"config.{f}" for f in RESUMABLE_FIELDS)
+    keys = [k for k in sorted(set(a) | set(b)) if not any(k == p or k.startswith(p + ".") for p in skip)]
+    return [f"{k.removeprefix('config.')}: {b.get(k)!r} in the checkpoint, {a.get(k)!r} now"
+            for k in keys if a.get(k) != b.get(k)]
 
 
 def config_differences(given: TrainConfig, recorded: TrainConfig) -> list[str]:

@@ -31,8 +31,11 @@ from pi0_eqm.training import checkpoints as _ckpt
 from pi0_eqm.training import distributed as _dist
 from pi0_eqm.training import sharding as _sharding
 from pi0_eqm.training.augment import with_augmentation
+from pi0_eqm.training.checkpoint_dir import latest_step_dir
 from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.config_record import config_to_record
+from pi0_eqm.training.config_record import read_config
+from pi0_eqm.training.config_record import resume_differences
 from pi0_eqm.training.data_config import ToyDataConfig
 from pi0_eqm.training.freeze import ParamPartition
 from pi0_eqm.training.toy_data import ToySource
@@ -89,8 +92,10 @@ def split_batch(batch: dict):
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to stop after the current step and save. A second Ctrl-C while a checkpoint
-    save is in progress (``saving()``) waits for the save; otherwise, or on a third, it raises KeyboardInterrupt."""
+    """Once armed (after the first step of this call: before it, no step is owed and a signal ends the process at
+    once, even inside a compile), SIGTERM/SIGINT ask the loop to stop after the current step and save. A second
+    Ctrl-C while a checkpoint save is in progress (``saving()``) waits for the save; otherwise, or on a third, it
+    raises KeyboardInterrupt."""
 
     def __init__(self, saving=lambda: False):
         self.signal: int | None = None
@@ -99,12 +104,16 @@ class _StopFlag:
         self._old = {}
 
     def __enter__(self):
+        return self
+
+    def arm(self) -> None:
+        if self._old:
+            return
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not in the main thread
                 pass
-        return self
 
     def _handle(self, signum, frame):
         if self.signal is not None and signum == signal.SIGINT:
@@ -181,6 +190,25 @@ def step_key(config: TrainConfig, mesh) -> tuple:
             config.augment_images, config.fsdp_devices, config.fsdp_min_size_mbytes, mesh)
 
 
+def _check_resume_config(config: TrainConfig) -> None:
+    """Refuse a ``--resume`` whose config differs from the one the newest step recorded (fields a resume may change:
+    ``config_record.RESUMABLE_FIELDS``)."""
+    try:
+        step_dir = latest_step_dir(config.checkpoint_dir)
+        recorded = read_config(step_dir)
+    except (FileNotFoundError, ValueError) as e:
+        logger.warning("cannot compare with the recorded train config (%s); resuming without that check", e)
+        return
+    diffs = resume_differences(config, recorded) if recorded is not None else []
+    if diffs:
+        listed = "\n  ".join(diffs)
+        raise ValueError(
+            f"--resume: this config differs from the one step {step_dir.name} of {config.checkpoint_dir} was trained "
+            f"with:\n  {listed}\nEither restore the recorded values (the step's train_config/train_config.json "
+            "holds them), or start a new run (another --exp-name) that loads these weights with "
+            f"weight_loader=CheckpointWeightLoader({str(step_dir / 'params')!r}) in its config.")
+
+
 def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None = None) -> dict:
     """Runs (or resumes) training. ``stop_after`` stops after that many steps of this call (tests: simulate a kill)."""
 
@@ -202,13 +230,27 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
 
     abstract = jax.eval_shape(init_state)
     state_sharding = _sharding.fsdp_sharding(abstract, mesh, min_size_mbytes=config.fsdp_min_size_mbytes)
+    # The data and its norm stats are checked before the run directory is touched.
+    block, blocks = _sharding.process_batch_block(mesh)  # the global batches do not depend on the process count
+    loader = make_loader(config, data_cfg, shard_index=block, shard_count=blocks)
     manager, resuming = _ckpt.initialize_checkpoint_dir(
         config.checkpoint_dir, keep_period=config.keep_period, max_to_keep=config.max_to_keep,
         overwrite=config.overwrite, resume=config.resume, async_save=config.async_checkpoint,
         base_dir=config.checkpoint_base_dir,
     )
-    block, blocks = _sharding.process_batch_block(mesh)  # the global batches do not depend on the process count
-    loader = make_loader(config, data_cfg, shard_index=block, shard_count=blocks)
+    try:
+        return _train_in(config, manager, resuming, loader, init_state, abstract, state_sharding, partition,
+                         data_cfg, decoder, tx, schedule, mesh, process_index, progress=progress,
+                         stop_after=stop_after)
+    finally:
+        _ckpt.release_run_dir(manager)  # on every exit path (a no-op when already released)
+
+
+def _train_in(config, manager, resuming, loader, init_state, abstract, state_sharding, partition, data_cfg, decoder,
+              tx, schedule, mesh, process_index, *, progress, stop_after) -> dict:
+    """The run itself, once its directory is locked: restore or initialize, then the step loop."""
+    if resuming:
+        _check_resume_config(config)
     data_iter = iter(loader)
 
     if resuming:
@@ -242,7 +284,7 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
 
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.checkpoint_dir / "metrics.jsonl"
-    if resuming and process_index == 0:
+    if process_index == 0:  # a fresh run in a reused directory starts with an empty log
         _truncate_metrics(log_path, start)
     norm_stats = {data_cfg.asset_id: data_cfg.norm_stats} if data_cfg.norm_stats else None
     # The fitted FAST tokenizer travels with every checkpoint step (assets/<asset_id>/fast_tokenizer/).
@@ -274,6 +316,7 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
                 raise _non_finite_error("the params hold NaN or infinite values", step + 1, manager,
                                         config.checkpoint_dir)
             state = new_state
+            stop.arm()
             n_since += 1
             done = step + 1
             if done % config.log_interval == 0 or done == config.num_train_steps:
@@ -295,7 +338,6 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
                 logger.warning("stopped at step %d; resume with --resume", done)
                 break
         _ckpt.wait_until_saved(manager)
-    _ckpt.release_run_dir(manager)
     return {"state": state, "history": history, "last_step": int(jax.device_get(state.step)), "start_step": start}
 
 

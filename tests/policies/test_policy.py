@@ -16,6 +16,9 @@ from pi0_eqm.policies.episodes import EpisodeDetection
 from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.policies.policy_config import policy_from_params
 from pi0_eqm.training.config import get_config
+from pi0_eqm.training.export import export_checkpoint
+from pi0_eqm.training.params_io import restore_params
+from pi0_eqm.training.params_io import save_params
 from tests.policies.conftest import libero_obs
 
 
@@ -156,3 +159,20 @@ def test_a_chunk_far_outside_the_training_range_is_refused(trained_libero):
     policy.params = {**policy.params, "action_out_proj": jax.tree.map(lambda x: x * 1e4, proj)}
     with pytest.raises(InvalidRequestError, match="normalized units from the training data's center"):
         policy.infer(obs, session="big")
+
+
+def test_a_step_whose_params_are_not_its_own_is_refused(trained_libero, tmp_path):
+    """Serving and export check the params they read against the step's own checksums, as resume does: a step
+    whose params/ was replaced (here by slightly different params) is refused by name, never served as that step."""
+    cfg, step_dir = trained_libero
+    copy = tmp_path / "4"
+    shutil.copytree(step_dir, copy)
+    params = restore_params(copy / "params", restore_type=np.ndarray)
+    shutil.rmtree(copy / "params")
+    save_params(copy / "params", jax.tree.map(lambda x: x * np.float32(1.001), params))
+    with pytest.raises(ValueError, match=r"not the ones that step saved: params/params/.*checksum mismatch"):
+        create_trained_policy(cfg, copy)
+    with pytest.raises(ValueError, match="not the ones that step saved"):
+        export_checkpoint(copy, tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
+    create_trained_policy(cfg, step_dir)  # the intact step serves

@@ -2,6 +2,8 @@
 
 * :func:`check_checkpoint_step`: structural problems of a step directory (commit marker, metadata, items, files).
 * :func:`tree_mismatches`: path/shape differences between a step's array items and the state to restore into.
+* :func:`params_problems`: params read from a training step (to serve, export or evaluate) checked against the
+  step's own integrity record (per-array checksums, finiteness), as the trainer checks what it resumes.
 * :func:`quarantine`: rename unreadable steps to ``<step>.corrupt-<time>`` (kept for inspection, never deleted).
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 import jax
 
 from pi0_eqm.data.normalize import NORM_STATS_FILE
+from pi0_eqm.training.checkpoint_checksums import verify
 from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
 from pi0_eqm.training.checkpoint_layout import COMMIT_MARKER
 from pi0_eqm.training.checkpoint_layout import CORRUPT_MARKER
@@ -98,6 +101,24 @@ def check_checkpoint_step(step_dir: str | os.PathLike) -> list[str]:
             if (p := _json_problem(f)) is not None:
                 problems.append(f"{f.relative_to(step_dir)}: {p}")
     return problems
+
+
+def params_problems(step_dir: str | os.PathLike, params: Mapping[str, Any]) -> list[str]:
+    """Problems of ``params`` as read from ``<step_dir>/params``: float arrays holding NaN/inf and, when the step has
+    an integrity record (a training step; exports have none), arrays whose checksums differ from the ones saved
+    with that step (e.g. a ``params/`` copied in from another step) or that the record does not list."""
+    step_dir = Path(step_dir)
+    path = step_dir / INTEGRITY_ITEM / INTEGRITY_FILE
+    record = None
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            return [f"{path.relative_to(step_dir)} is unreadable ({type(e).__name__})"]
+        if isinstance(record, Mapping) and isinstance(record.get("arrays"), Mapping):
+            prefix = f"{PARAMS_ITEM}/"
+            record = {**record, "arrays": {k: v for k, v in record["arrays"].items() if k.startswith(prefix)}}
+    return verify({PARAMS_ITEM: {PARAMS_ITEM: params}}, record)
 
 
 def _key_str(k) -> str:

@@ -26,6 +26,7 @@ from pi0_eqm.training.checkpoint_assets import restore_norm_stats
 from pi0_eqm.training.checkpoint_dir import check_overwritable
 from pi0_eqm.training.checkpoint_dir import latest_step_dir
 from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
+from pi0_eqm.training.checkpoint_integrity import params_problems
 from pi0_eqm.training.config_record import record_path
 from pi0_eqm.training.params_io import restore_params
 from pi0_eqm.training.params_io import save_params
@@ -49,6 +50,10 @@ def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf
         check_overwritable(out, None, marker=EXPORT_MARKER, made_by="export_checkpoint",
                            way_out="choose another --out")
     params = restore_params(step_dir / "params", restore_type=np.ndarray)
+    damaged = params_problems(step_dir, params)
+    if damaged:
+        raise ValueError(f"the params in {step_dir} are not the ones that step saved: {'; '.join(damaged[:10])}; "
+                         "export an earlier step of the run")
     if bf16:
         params = jax.tree.map(lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16)), params)
     norm_stats = restore_norm_stats(step_dir)

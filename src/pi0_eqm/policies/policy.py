@@ -115,8 +115,8 @@ class Policy:
         robot-space chunk back into model space for warm starts. ``caps`` bound every request's resolved settings
         (the defaults included); ``episodes`` (default ``EpisodeDetection()``) detects new episodes; ``state_key``
         is the key path of the raw robot state in an observation (the robot's ``RobotSpec.state_key``);
-        ``max_model_action``: a chunk with a larger normalized (model-space) action magnitude is refused like a
-        non-finite one (set when the actions are normalized: no trained policy emits 100 standard deviations)."""
+        ``max_model_action``: a chunk whose decoded rows (not the client's committed ones) have a larger normalized
+        (model-space) magnitude is refused like a non-finite one (set when the actions are normalized)."""
         self.config = model_config
         self.params = params
         self.settings = settings or DecoderSettings()
@@ -326,7 +326,8 @@ class Policy:
                                       "value(s) for this observation; nothing is returned and this session's warm "
                                       "start is cleared")
         real = self.config.real_action_dim or self.config.action_dim
-        peak = float(np.max(np.abs(np.asarray(decoded.actions)[..., :real]), initial=0.0))
+        free = np.asarray(decoded.actions)[req.prefix_rows:, :real]  # committed rows are the client's own actions
+        peak = float(np.max(np.abs(free), initial=0.0))
         if self.max_model_action is not None and peak > self.max_model_action:
             sess.prev_actions = None
             raise InvalidRequestError(f"the policy produced a chunk {peak:.3g} normalized units from the training "

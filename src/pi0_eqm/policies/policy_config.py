@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_LISTED = 10
 # Largest normalized action magnitude a served chunk may have (z-score: standard deviations from the mean; quantile:
-# 1 is the 1st/99th percentile).
-MAX_NORMALIZED_ACTION = 100.0
+# 1 is the 1st/99th percentile). Loose on purpose: near-constant dims have their scale clamped to 1e-3, so a
+# deviation of 1 robot unit there is 1000 normalized units; this bound catches garbage (1e30), not poor policies.
+MAX_NORMALIZED_ACTION = 1e4
 
 
 def policy_from_params(config: TrainConfig, params, norm_stats, *, settings: DecoderSettings | None = None,

@@ -28,15 +28,34 @@ from pi0_eqm.training.norm_stats import compute_for_config  # noqa: E402
 from tests.policies.conftest import make_libero_dataset  # noqa: E402
 
 
+# Compiled executables are kept across test modules (each module would otherwise compile the same model functions and
+# the op-by-op primitives of eager code again) until the process holds many memory mappings or much memory: each CPU
+# executable keeps ~3 mappings (measured: 300 compiles +967 mappings, freed by ``jax.clear_caches``), and the kernel's
+# ``vm.max_map_count`` (65 530) running out was the suspected cause of the segfaults inside XLA compiles seen when
+# nothing was ever freed.
+_MAX_MAPPINGS = 30_000
+_MAX_RSS_BYTES = 6 * 2**30
+
+
+def _mappings_and_rss() -> tuple[int, int]:
+    try:
+        with open("/proc/self/maps") as f:
+            maps = sum(1 for _ in f)
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return _MAX_MAPPINGS + 1, 0  # cannot tell: free them
+    return maps, rss
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_executables():
-    """Drop every compiled executable after each test module. Each CPU executable keeps ~3 memory mappings (measured:
-    300 compiles +967 mappings, freed by ``jax.clear_caches``); the whole suite compiles tens of thousands of
-    functions in one process, and the segfaults inside XLA compiles late in the suite are suspected to be the kernel's
-    ``vm.max_map_count`` (65 530) running out."""
+    """After a test module, drop every compiled executable if the process is near the mapping or memory bound."""
     yield
-    jax.clear_caches()
-    gc.collect()
+    maps, rss = _mappings_and_rss()
+    if maps > _MAX_MAPPINGS or rss > _MAX_RSS_BYTES:
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ the tokenizer transform). EqM passes t ≡ 0 through the same path, so the tree 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -138,10 +139,15 @@ class Pi0Config:
         return Pi0(self)
 
     def init(self, rng: jax.Array, batch_size: int = 1) -> dict[str, Any]:
-        """Random parameters (float32) as a pure dict ``{"PaliGemma": ..., "state_proj": ...}``."""
-        return self.build().init(rng, self.fake_obs(batch_size), self.fake_actions(batch_size), method=Pi0.init_all)[
-            "params"
-        ]
+        """Random parameters (float32) as a pure dict ``{"PaliGemma": ..., "state_proj": ...}``. One compiled
+        program per config (bit-identical to running the initializers op by op, and seconds faster)."""
+        return _init(self, batch_size, rng)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(config: Pi0Config, batch_size: int, rng: jax.Array) -> dict[str, Any]:
+    return config.build().init(rng, config.fake_obs(batch_size), config.fake_actions(batch_size),
+                               method=Pi0.init_all)["params"]
 
 
 class _PaliGemma(nn.Module):

@@ -4,15 +4,19 @@
         [--episodes-per-task 10] [--replan-every 8] [--preset action|paper|bb] [--threshold 1e-2] [--max-iters 10] \\
         [--step-size 0.03] [--momentum 0.3] [--variant nesterov] [--warm-start off] [--videos-per-task 1]
 
-Writes ``<out>/results.json`` (per-episode records, per-task and mean success with 95% CIs, solver iterations and
-latency) and ``<out>/success.png``; prints a table. The train config is the one the checkpoint records (``--config``
+Writes ``<out>/episodes.jsonl`` as episodes finish (an ``EpisodeLog``: a stopped or killed evaluation keeps them,
+and the same command again runs only the rest; another evaluation's ``--out`` is refused), then
+``<out>/results.json`` (per-episode records, per-task and mean success with 95% CIs, solver iterations and latency)
+and ``<out>/success.png``; prints a table. The train config is the one the checkpoint records (``--config``
 is then optional, and refused if it does not match; checkpoints saved before configs were recorded need it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import Annotated
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -43,6 +47,30 @@ class Args:
     out: str = "results/eval"
 
 
+def _episode_log(args: Args, step_dir, settings: DecoderSettings, tasks):
+    """``<out>/episodes.jsonl`` of this evaluation; ``ValueError`` if ``<out>`` holds another evaluation's."""
+    from pi0_eqm.atomic import atomic_write_bytes
+    from pi0_eqm.envs.episode_log import EpisodeLog
+
+    what = {"checkpoint": str(step_dir.resolve()), "settings": dataclasses.asdict(settings), "seed": args.seed,
+            "max_steps": args.max_steps, "replan_every": args.replan_every, "tasks": list(tasks)}
+    what = json.loads(json.dumps(what))
+    path = os.path.join(args.out, "evaluation.json")
+    log = EpisodeLog(os.path.join(args.out, "episodes.jsonl"))
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = json.load(f)
+        if before != what:
+            diffs = sorted(k for k in set(before) | set(what) if before.get(k) != what.get(k))
+            raise ValueError(f"{args.out} holds the episodes of another evaluation (different {', '.join(diffs)}); "
+                             "choose another --out, or delete that directory to start over")
+    elif log.read():
+        raise ValueError(f"{log.path} exists without {path}; choose another --out")
+    else:
+        atomic_write_bytes(Path(path), json.dumps(what, indent=1).encode())
+    return log
+
+
 def main(args: Args) -> dict:
     from pi0_eqm.benchmarks import metaworld as bench
     from pi0_eqm.envs.tasks import DEFAULT_TASKS
@@ -51,12 +79,13 @@ def main(args: Args) -> dict:
     cfg, step_dir = resolve_checkpoint(args.checkpoint, args.config)
     fields = {f.name: getattr(args.decoder, f.name) for f in dataclasses.fields(DecoderSettings)}
     settings = DecoderSettings(**{**fields, "executed": args.replan_every})
-    policy = bench.load_policy(cfg, step_dir, settings)
     tasks = args.tasks or DEFAULT_TASKS
+    log = _episode_log(args, step_dir, settings, tasks)
+    policy = bench.load_policy(cfg, step_dir, settings)
     result = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,
                                    seed=args.seed, max_steps=args.max_steps, tasks=tasks,
                                    resolution=cfg.model.image_resolution[0], videos_per_task=args.videos_per_task,
-                                   video_dir=os.path.join(args.out, "videos"))
+                                   video_dir=os.path.join(args.out, "videos"), log=log)
     row = bench.summary_row(result)
     result["settings"] = dataclasses.asdict(settings)
     result["summary"] = row

@@ -11,7 +11,7 @@ actions, per-suite max steps (spatial 220, object 280, goal 300, libero_10 520, 
 the official init states, seed 7.
 
 Episode ``k`` of a task starts from official init state ``(init_state_start + k) mod n``. Every finished episode is
-appended to ``<out>/episodes.jsonl`` (success, steps, and per chunk the solver iterations, final residual, the
+appended to ``<out>/episodes.jsonl`` (``pi0_eqm.envs.episode_log.EpisodeLog``, the record every runner keeps) (success, steps, and per chunk the solver iterations, final residual, the
 server's and the policy's inference ms and the round trip ms); a rerun with the same ``--out`` skips the episodes
 already there. ``<out>/summary.json`` (written atomically) and the printed table give the success per task and for
 the suite with Wilson 95% CIs, over every episode in the JSONL. Videos (``--video``, on by default) go to
@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import pathlib
 import time
 from typing import Literal
@@ -33,6 +32,7 @@ from typing import Literal
 import numpy as np
 import tyro
 
+from pi0_eqm.envs.episode_log import EpisodeLog
 from pi0_eqm.serving.realtime import AsyncChunkBroker
 
 LIBERO_DUMMY_ACTION = [0.0] * 6 + [-1.0]
@@ -159,28 +159,6 @@ def _steps(env, client, obs, prompt, args, max_steps, frames, chunks, plan, brok
     return False, max_steps
 
 
-def read_episodes(path: pathlib.Path) -> list[dict]:
-    """The complete records of ``path`` (a line torn by an interrupted write is left out, so it is run again)."""
-    if not path.is_file():
-        return []
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            logging.warning("%s:%d is incomplete (an interrupted write); that episode runs again", path, n)
-    return records
-
-
-def append_episode(path: pathlib.Path, record: dict) -> None:
-    """Append one JSON line and flush it to disk (a torn line can only be the last one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def summarize(records: list[dict], suite_name: str) -> dict:
     """Success per task and for the suite (Wilson 95% CIs), iterations and latency per chunk."""
     from pi0_eqm.envs.stats import success_summary
@@ -233,8 +211,8 @@ def main(args: Args) -> dict:
     suite = benchmark.get_benchmark_dict()[args.task_suite_name]()
     max_steps = args.max_steps or MAX_STEPS[args.task_suite_name]
     out = pathlib.Path(args.out)
-    episodes_path = out / EPISODES_FILE
-    done = {(r["suite"], r["task_id"], r["init_state"]) for r in read_episodes(episodes_path)}
+    log = EpisodeLog(out / EPISODES_FILE)
+    done = log.done(lambda r: (r["suite"], r["task_id"], r["init_state"]))
     client = WebsocketClientPolicy(args.host, args.port)
     task_ids = args.task_ids if args.task_ids is not None else range(suite.n_tasks)
     for task_id in task_ids:
@@ -260,7 +238,7 @@ def main(args: Args) -> dict:
                 tag = "success" if ok else "failure"
                 if frames:
                     write_video(frames, out / "videos" / f"{args.task_suite_name}_{task_id}_{init_index}_{tag}", fps=10)
-                append_episode(episodes_path, {
+                log.append({
                     "suite": args.task_suite_name, "task_id": task_id, "prompt": prompt, "episode": k,
                     "init_state": init_index, "success": bool(ok), "steps": steps, "max_steps": max_steps,
                     "replan_steps": args.replan_steps, "wall_s": time.perf_counter() - start, "error": error,
@@ -268,7 +246,7 @@ def main(args: Args) -> dict:
                 logging.info("task %d (%s) init state %d: %s", task_id, prompt, init_index, tag)
         finally:
             env.close()
-    records = [r for r in read_episodes(episodes_path) if r["suite"] == args.task_suite_name]
+    records = [r for r in log.read() if r["suite"] == args.task_suite_name]
     summary = summarize(records, args.task_suite_name)
     atomic_write_bytes(out / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
     print(format_table(summary))

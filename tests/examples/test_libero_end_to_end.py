@@ -16,6 +16,7 @@ import pytest
 
 from pi0_eqm.data.episodes import Episode
 from pi0_eqm.data.lerobot import write_lerobot_dataset
+from pi0_eqm.envs.episode_log import EpisodeLog
 from pi0_eqm.training import loop
 from pi0_eqm.training.config import cli
 
@@ -79,7 +80,7 @@ def test_data_to_norm_stats_to_both_decoders_to_the_simulator(tmp_path, monkeypa
             args = runner.Args(port=port, task_suite_name="libero_object", task_ids=(0,), init_state_start=48,
                                num_trials_per_task=2, max_steps=10, num_steps_wait=2, video=False, out=str(out))
             summary = runner.main(args)
-            records = runner.read_episodes(out / runner.EPISODES_FILE)
+            records = EpisodeLog(out / runner.EPISODES_FILE).read()
             assert [r["init_state"] for r in records] == [48, 49]  # held out from the usual 0..
             for r in records:
                 assert r["error"] is None and r["prompt"] == PROMPT and r["steps"] >= 1
@@ -93,8 +94,8 @@ def test_data_to_norm_stats_to_both_decoders_to_the_simulator(tmp_path, monkeypa
 
             # resumable: a rerun finds both episodes done and runs nothing; a wider range runs only the new one
             runner.main(args)
-            assert len(runner.read_episodes(out / runner.EPISODES_FILE)) == 2
+            assert len(EpisodeLog(out / runner.EPISODES_FILE).read()) == 2
             runner.main(dataclasses.replace(args, num_trials_per_task=3))
-            assert [r["init_state"] for r in runner.read_episodes(out / runner.EPISODES_FILE)] == [48, 49, 0]
+            assert [r["init_state"] for r in EpisodeLog(out / runner.EPISODES_FILE).read()] == [48, 49, 0]
         finally:
             server.stop()

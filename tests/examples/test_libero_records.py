@@ -1,5 +1,5 @@
-"""The LIBERO runner's records without a simulator: per-episode JSONL (torn last line), per-chunk fields, the
-Wilson summary per task and suite."""
+"""The LIBERO runner's records without a simulator: the per-episode log (``EpisodeLog``: a torn last line, appends
+after it), per-chunk fields, the Wilson summary per task and suite."""
 
 import importlib.util
 import json
@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from pi0_eqm.envs.episode_log import EpisodeLog
 from pi0_eqm.envs.stats import wilson_interval
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,14 +30,17 @@ def _record(task_id, init_state, success, iterations=(10, 10)):
 
 
 def test_a_torn_last_line_is_left_out_so_that_episode_runs_again(tmp_path):
-    main = runner()
-    path = tmp_path / "episodes.jsonl"
-    main.append_episode(path, _record(0, 48, True))
-    main.append_episode(path, _record(0, 49, False))
-    with open(path, "a") as f:
+    log = EpisodeLog(tmp_path / "episodes.jsonl")
+    log.append(_record(0, 48, True))
+    log.append(_record(0, 49, False))
+    with open(log.path, "a") as f:
         f.write('{"suite": "libero_object", "task_id": 1')  # killed mid-write
-    records = main.read_episodes(path)
-    assert [(r["task_id"], r["init_state"]) for r in records] == [(0, 48), (0, 49)]
+    assert [(r["task_id"], r["init_state"]) for r in log.read()] == [(0, 48), (0, 49)]
+    log.append(_record(1, 48, True))  # the rerun's record starts on a line of its own
+    assert log.done(lambda r: (r["task_id"], r["init_state"])) == {(0, 48), (0, 49), (1, 48)}
+    log.path.write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match="is not an episode record"):
+        log.read()
 
 
 def test_summary_has_wilson_intervals_per_task_and_suite():

@@ -14,6 +14,7 @@ import numpy as np
 
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.envs import evaluate as _ev
+from pi0_eqm.envs.episode_log import EpisodeLog
 from pi0_eqm.envs.realtime import RealtimeConfig
 from pi0_eqm.envs.tasks import DEFAULT_TASKS
 from pi0_eqm.policies.policy import Policy
@@ -71,13 +72,17 @@ def load_policy(config: TrainConfig, checkpoint: str | os.PathLike, settings: De
 
 def evaluate_policy(policy: Policy, *, episodes_per_task: int, replan_every: int, seed: int, max_steps: int,
                     tasks=None, resolution: int = 64, videos_per_task: int = 0, video_dir=None,
-                    progress: bool = True, realtime: RealtimeConfig | None = None) -> dict[str, Any]:
+                    progress: bool = True, realtime: RealtimeConfig | None = None,
+                    log: EpisodeLog | None = None) -> dict[str, Any]:
     """``envs.evaluate.evaluate`` on the policy; under ``realtime`` the discontinuities are in the policy's normalized
-    action units."""
+    action units. With ``log``, each finished episode is appended to it and the episodes already there are not run
+    again (the caller checks that the log belongs to this evaluation)."""
     return _ev.evaluate(policy, tasks=tuple(tasks or DEFAULT_TASKS), episodes_per_task=episodes_per_task, seed=seed,
                         max_steps=max_steps, replan_every=replan_every, resolution=resolution,
                         videos_per_task=videos_per_task, video_dir=video_dir, progress=progress, realtime=realtime,
-                        normalize=lambda state, a: policy.action_transform({"state": state, "actions": a})["actions"])
+                        normalize=lambda state, a: policy.action_transform({"state": state, "actions": a})["actions"],
+                        finished=log.read() if log is not None else (),
+                        on_episode=log.append if log is not None else None)
 
 
 def summary_row(result: dict[str, Any]) -> dict[str, Any]:

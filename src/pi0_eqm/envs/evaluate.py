@@ -185,6 +185,7 @@ def run_episode(
     frame_scale: int = 1,
     realtime: rtm.RealtimeConfig | None = None,
     normalize: rtm.Normalize | None = None,
+    finished: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """One closed-loop episode of ``policy`` on ``env`` (configuration ``episode``); returns its record. With
     ``realtime`` the episode runs under inference delay (``pi0_eqm.envs.realtime``; ``replan_every`` is s)."""
@@ -287,13 +288,16 @@ def evaluate(
     progress: bool = True,
     realtime: rtm.RealtimeConfig | None = None,
     normalize: rtm.Normalize | None = None,
+    finished: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Closed-loop success of ``policy`` on ``episodes_per_task`` held-out configurations of each task.
 
     Episode ``e`` of task ``t`` is configuration ``e`` of ``MetaWorldEnv(t, seed)``, so two policies evaluated with
     the same arguments see identical initial states. ``videos_per_task`` first episodes of each task are saved as
     MP4 (image | wrist image) in ``video_dir``. ``on_episode`` receives each episode record as soon as it finishes
-    (e.g. to append JSONL). ``realtime`` runs every episode under inference delay (``pi0_eqm.envs.realtime``;
+    (e.g. to append to an ``EpisodeLog``); ``finished`` holds the records of episodes an earlier, interrupted run
+    of the same evaluation finished (read back from that log): they are not run again and count as if just run.
+    ``realtime`` runs every episode under inference delay (``pi0_eqm.envs.realtime``;
     ``normalize`` maps robot actions to normalized units for the discontinuity). Returns ``{"config", "versions", "episodes", "per_task", "mean_success", "overall",
     "timing"}``; ``mean_success`` is the unweighted mean over tasks, ``overall`` pools all episodes (Wilson 95% CI).
     """
@@ -323,6 +327,7 @@ def evaluate(
     }  # fmt: skip
     episodes: list[dict[str, Any]] = []
     per_task: dict[str, dict[str, Any]] = {}
+    earlier = {(r.get("task"), r.get("episode")): r for r in finished}
     t_start = time.perf_counter()
     bar = tqdm(total=len(tasks) * episodes_per_task, desc="evaluate", unit="ep", disable=not progress)
     try:
@@ -330,14 +335,17 @@ def evaluate(
             with mw.MetaWorldEnv(task, seed, resolution, max_steps, privileged=privileged_obs) as env:
                 task_records = []
                 for ep in range(episodes_per_task):
-                    frames: list[np.ndarray] | None = [] if ep < videos_per_task else None
-                    rec = run_episode(policy, env, ep, replan_every, frames, frame_scale, realtime, normalize)
-                    if frames:
-                        rec["video"] = str(write_video(frames, Path(video_dir) / f"{task}_ep{ep:03d}", video_fps))
+                    rec = earlier.get((task, ep))
+                    if rec is None:
+                        frames: list[np.ndarray] | None = [] if ep < videos_per_task else None
+                        rec = run_episode(policy, env, ep, replan_every, frames, frame_scale, realtime, normalize)
+                        if frames:
+                            rec["video"] = str(write_video(frames, Path(video_dir) / f"{task}_ep{ep:03d}",
+                                                           video_fps))
+                        if on_episode is not None:
+                            on_episode(rec)
                     task_records.append(rec)
                     episodes.append(rec)
-                    if on_episode is not None:
-                        on_episode(rec)
                     bar.update(1)
                     done_so_far = sum(r["success"] for r in episodes)
                     bar.set_postfix(task=task, success=f"{done_so_far}/{len(episodes)}")

@@ -20,8 +20,8 @@ from pi0_eqm.data.pipeline import NormStatsMismatchError
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy import Policy
 from pi0_eqm.training.checkpoint_dir import latest_step_dir
-from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
 from pi0_eqm.training.checkpoint_integrity import params_problems
+from pi0_eqm.training.checkpoint_integrity import saved_step_problems
 from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.config import get_config
 from pi0_eqm.training.config_record import config_differences
@@ -101,7 +101,7 @@ def create_trained_policy(config: TrainConfig | str | None, checkpoint_dir: str 
     exported directory with ``params/`` and ``assets/<asset_id>/norm_stats.json``; ``config`` as for
     :func:`resolve_checkpoint`. Norm stats come from the checkpoint, not from the config's assets dir."""
     config, checkpoint_dir = resolve_checkpoint(checkpoint_dir, config)
-    structure = check_checkpoint_step(checkpoint_dir) if (checkpoint_dir / "_CHECKPOINT_METADATA").exists() else []
+    structure = saved_step_problems(checkpoint_dir)
     if structure:
         raise ValueError(f"checkpoint step {checkpoint_dir} is incomplete or damaged: {'; '.join(structure)}; serve "
                          "an earlier step of the run (pass its step directory)")

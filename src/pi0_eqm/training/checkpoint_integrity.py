@@ -2,6 +2,7 @@
 
 * :func:`check_checkpoint_step`: structural problems of a step directory (commit marker, metadata, items, files).
 * :func:`tree_mismatches`: path/shape differences between a step's array items and the state to restore into.
+* :func:`saved_step_problems`: the structural check for whatever directory a user serves or exports.
 * :func:`params_problems`: params read from a training step (to serve, export or evaluate) checked against the
   step's own integrity record (per-array checksums, finiteness), as the trainer checks what it resumes.
 * :func:`quarantine`: rename unreadable steps to ``<step>.corrupt-<time>`` (kept for inspection, never deleted).
@@ -101,6 +102,13 @@ def check_checkpoint_step(step_dir: str | os.PathLike) -> list[str]:
             if (p := _json_problem(f)) is not None:
                 problems.append(f"{f.relative_to(step_dir)}: {p}")
     return problems
+
+
+def saved_step_problems(directory: str | os.PathLike) -> list[str]:
+    """:func:`check_checkpoint_step` for a training step (it has orbax's step metadata); ``[]`` for an exported
+    directory, which has no commit marker or integrity record to check."""
+    directory = Path(directory)
+    return check_checkpoint_step(directory) if (directory / STEP_METADATA_FILE).exists() else []
 
 
 def params_problems(step_dir: str | os.PathLike, params: Mapping[str, Any]) -> list[str]:

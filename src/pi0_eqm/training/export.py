@@ -25,8 +25,8 @@ from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
 from pi0_eqm.training.checkpoint_assets import restore_norm_stats
 from pi0_eqm.training.checkpoint_dir import check_overwritable
 from pi0_eqm.training.checkpoint_dir import latest_step_dir
-from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
 from pi0_eqm.training.checkpoint_integrity import params_problems
+from pi0_eqm.training.checkpoint_integrity import saved_step_problems
 from pi0_eqm.training.config_record import record_path
 from pi0_eqm.training.params_io import restore_params
 from pi0_eqm.training.params_io import save_params
@@ -41,7 +41,7 @@ def export_checkpoint(step_dir: str | os.PathLike, out: str | os.PathLike, *, bf
     if not (step_dir / "params").exists():
         raise FileNotFoundError(f"{step_dir} has no params/; expected a training step directory like "
                                 "checkpoints/<config>/<exp>/<step>")
-    problems = check_checkpoint_step(step_dir) if (step_dir / "_CHECKPOINT_METADATA").exists() else []
+    problems = saved_step_problems(step_dir)
     if problems:
         raise ValueError(f"checkpoint step {step_dir} is incomplete or damaged: {problems}")
     if out.exists() or out.is_symlink():

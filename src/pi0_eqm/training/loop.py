@@ -7,6 +7,7 @@ message without overwriting the last good checkpoint, and multi-host jobs shard 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -238,17 +239,36 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
         overwrite=config.overwrite, resume=config.resume, async_save=config.async_checkpoint,
         base_dir=config.checkpoint_base_dir,
     )
+    setup = _Setup(config, mesh, process_index, data_cfg, decoder, tx, schedule, partition, init_state, abstract,
+                   state_sharding, loader)
     try:
-        return _train_in(config, manager, resuming, loader, init_state, abstract, state_sharding, partition,
-                         data_cfg, decoder, tx, schedule, mesh, process_index, progress=progress,
-                         stop_after=stop_after)
+        return _train_in(setup, manager, resuming, progress=progress, stop_after=stop_after)
     finally:
         _ckpt.release_run_dir(manager)  # on every exit path (a no-op when already released)
 
 
-def _train_in(config, manager, resuming, loader, init_state, abstract, state_sharding, partition, data_cfg, decoder,
-              tx, schedule, mesh, process_index, *, progress, stop_after) -> dict:
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What ``train`` prepares before it takes the run directory."""
+
+    config: TrainConfig
+    mesh: Any
+    process_index: int
+    data_cfg: Any
+    decoder: Any
+    tx: Any
+    schedule: Any
+    partition: ParamPartition
+    init_state: Any
+    abstract: Any
+    state_sharding: Any
+    loader: DataLoader
+
+
+def _train_in(setup: _Setup, manager, resuming: bool, *, progress: bool, stop_after: int | None) -> dict:
     """The run itself, once its directory is locked: restore or initialize, then the step loop."""
+    config, mesh, process_index, data_cfg = setup.config, setup.mesh, setup.process_index, setup.data_cfg
+    loader, abstract, state_sharding, partition = setup.loader, setup.abstract, setup.state_sharding, setup.partition
     if resuming:
         _check_resume_config(config)
     data_iter = iter(loader)
@@ -262,7 +282,7 @@ def _train_in(config, manager, resuming, loader, init_state, abstract, state_sha
             data_iter.set_state(data_state)
         logger.info("resumed from step %d of %s", start, config.checkpoint_dir)
     else:
-        state = jax.jit(init_state, out_shardings=state_sharding)()
+        state = jax.jit(setup.init_state, out_shardings=state_sharding)()
         params = config.weight_loader.load(_sharding.gather_to_host(state.params))  # multi-host: every process
         state = _sharding.shard_train_state(
             state.replace(params=params, ema_params=params if config.ema_decay is not None else None), mesh,
@@ -275,7 +295,7 @@ def _train_in(config, manager, resuming, loader, init_state, abstract, state_sha
     key = step_key(config, mesh)
     step_fn = _STEP_FNS.get(key)
     if step_fn is None:
-        train_step = make_train_step(decoder, tx, config.ema_decay, schedule, partition)
+        train_step = make_train_step(setup.decoder, setup.tx, config.ema_decay, setup.schedule, partition)
         if config.augment_images:
             train_step = with_augmentation(train_step)
         step_fn = _STEP_FNS[key] = jax.jit(

@@ -136,7 +136,10 @@ def test_kill_9_at_random_moments_always_resumes(base):
             _wait_for(lambda s=start: _records(run)[-1]["step"] > s, proc)  # training (old leftovers removed)
             _wait_for(lambda: any(TMP_DIR_MARKER in p.name for p in run.iterdir()), proc, poll=0.005)
         else:
-            target = min(start + rng.randint(5 if attempt == 0 else 1, 8 if attempt == 0 else 5), STEPS - 1)
+            if attempt == 0:  # the first kill needs a committed step to resume from (saves are asynchronous)
+                _wait_for(lambda: run.is_dir() and _committed(run), proc)
+                start = _records(run)[-1]["step"]
+            target = min(start + rng.randint(1, 5), STEPS - 1)
             _wait_for(lambda t=target: len(_records(run)) and _records(run)[-1]["step"] >= t, proc)
             delay = rng.uniform(0, 0.8)
             time.sleep(delay)

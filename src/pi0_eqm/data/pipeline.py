@@ -10,8 +10,8 @@ A ``Pipeline`` holds the transform groups of one train config and its norm stats
 
 ``repack`` maps dataset keys to the client's keys, ``robot`` is the robot's input/output transforms (plus delta
 actions), ``model`` tokenizes, resizes and pads. ``stats_dims`` (the robot's state and action dims) is what the norm
-stats must match exactly: stats of another width are refused, never sliced or padded. Training, norm stats, serving and analysis all take their chains
-from here.
+stats must match exactly: stats of another width are refused, never sliced or padded. Training, norm stats, serving
+and analysis all take their chains from here.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class Pipeline:
             elif self.use_quantile_norm and stats.q01 is None:
                 problems.append(f"{key!r} has no q01/q99, which quantile normalization needs")
         if problems:
-            raise NormStatsMismatchError(f"norm stats do not fit this config: {'; '.join(problems)}. Compute them for this "
-                             "config's robot and data (scripts/compute_norm_stats.py <config>)")
+            raise NormStatsMismatchError(f"norm stats do not fit this config: {'; '.join(problems)}. Compute them "
+                                         "for this config's robot and data (scripts/compute_norm_stats.py <config>)")
 
     def with_norm_stats(self, norm_stats: Mapping[str, NormStats] | None) -> Pipeline:
         return dataclasses.replace(self, norm_stats=norm_stats)

@@ -185,7 +185,6 @@ def run_episode(
     frame_scale: int = 1,
     realtime: rtm.RealtimeConfig | None = None,
     normalize: rtm.Normalize | None = None,
-    finished: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """One closed-loop episode of ``policy`` on ``env`` (configuration ``episode``); returns its record. With
     ``realtime`` the episode runs under inference delay (``pi0_eqm.envs.realtime``; ``replan_every`` is s)."""

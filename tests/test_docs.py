@@ -13,7 +13,7 @@ from tests.architecture import REPO
 PAGES = sorted([REPO / "README.md", REPO / "lab" / "README.md", REPO / "configs" / "README.md",
                 *(REPO / "docs").glob("*.md"), *(REPO / "examples").glob("*/README.md")])
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-UV_RUN = re.compile(r"uv run (?:--extra \S+ )*((?:scripts|lab/scripts|examples)/[\w/.-]+\.py)")
+UV_RUN = re.compile(r"uv run (?:--extra \S+ )*((?:scripts|lab/scripts|lab/device|examples)/[\w/.-]+\.py)")
 
 
 def slug(heading: str) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy_config import policy_from_params
-from pi0_eqm.robots import ALOHA
+from pi0_eqm.robots import ROBOTWIN
 from pi0_eqm.serving.server import PolicyServer
 from pi0_eqm.training.config import get_config
 
@@ -48,11 +48,11 @@ class RecordingTaskEnv:
 
 
 def test_robotwin_contract_against_server():
-    cfg = get_config("debug_aloha")
+    cfg = get_config("debug_robotwin")
     stats = {"state": NormStats(np.zeros(14), np.ones(14)), "actions": NormStats(np.zeros(14), np.ones(14))}
     policy = policy_from_params(cfg, cfg.model.init(jax.random.key(0)), stats,
                                 settings=DecoderSettings(max_iters=10, executed=3, warm_start="aligned"))
-    server = PolicyServer(policy, host="127.0.0.1", port=0, schema=ALOHA.schema())
+    server = PolicyServer(policy, host="127.0.0.1", port=0, schema=ROBOTWIN.schema())
     port = server.start()
     try:
         adapter = _load_adapter()

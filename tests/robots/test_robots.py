@@ -95,7 +95,7 @@ def _aloha_dataset(root, episodes=3, steps=10, size=32, seed=0):
     rng = np.random.default_rng(seed)
     cams = [c for c in ALOHA.cameras if c.lerobot_feature is not None]
     eps = [Episode({**{c.sample_key: rng.integers(0, 255, (steps, size, size, 3), dtype=np.uint8) for c in cams},
-                    STATE_KEY: rng.normal(size=(steps, 14)).astype(np.float32),
+                    STATE_KEY: np.stack([ALOHA.convention.example_state(rng) for _ in range(steps)]).astype(np.float32),
                     ACTION_KEY: rng.uniform(-1, 1, size=(steps, 14)).astype(np.float32)}, prompt=f"task {e % 2}")
            for e in range(episodes)]
     names = {c.sample_key: c.lerobot_feature for c in cams} | {STATE_KEY: ALOHA.lerobot_state,
@@ -114,6 +114,10 @@ def test_aloha_trains_from_a_lerobot_dataset_and_serves(tmp_path):
     assert (stats_dir / "norm_stats.json").is_file()
     out = loop.train(cfg, progress=False)
     assert out["last_step"] == 2 and all(np.isfinite(r["loss"]) for r in out["history"])
+    # Served with the other unit convention (robotwin: adapt_to_pi=False) it is refused by the recorded config.
+    other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, robot="robotwin"))
+    with pytest.raises(ValueError, match="data.robot: 'robotwin' in --config, 'aloha' in the checkpoint"):
+        create_trained_policy(other, cfg.checkpoint_dir / "2")
     policy = create_trained_policy(cfg, cfg.checkpoint_dir / "2")
     server = PolicyServer(policy, host="127.0.0.1", port=0, schema=ALOHA.schema())
     port = server.start()

@@ -7,6 +7,9 @@ made relative to the state when a config trains on delta actions. Everything els
 * ``inputs()`` — the robot input transform: client observation → the model's structure
   (``image`` / ``image_mask`` for the three model views, ``state``, and ``prompt`` / ``actions`` passed through);
 * ``outputs()`` — the robot output transform: the first ``action_dim`` dims of the model's padded chunk;
+* ``convention`` — where the model's units differ from the robot's (openpi's ALOHA ``adapt_to_pi``), the conversion
+  of the state and actions into model units (end of ``inputs()``; ``action_inputs()`` for a robot-unit chunk) and of
+  the model's actions back (end of ``outputs()``);
 * ``repack()`` — dataset sample keys → the client's keys, so training sees exactly what a client sends;
 * ``lerobot_keys()`` — the ``LeRobotDataset`` arguments that read this robot's features;
 * ``schema()`` — the ``ObservationSchema`` the server checks requests against;
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 import dataclasses
 from typing import Any
+from typing import Protocol
 
 import numpy as np
 
@@ -49,6 +53,18 @@ class Camera:
         return "/".join(self.key)
 
 
+class UnitConvention(Protocol):
+    """Robot units (what clients send and execute, what datasets record) ↔ the units the model is trained in."""
+
+    def state_to_model(self, state: np.ndarray) -> np.ndarray: ...
+
+    def actions_to_model(self, actions: np.ndarray) -> np.ndarray: ...
+
+    def actions_from_model(self, actions: np.ndarray) -> np.ndarray: ...
+
+    def example_state(self, rng: np.random.Generator) -> np.ndarray: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class RobotSpec:
     name: str
@@ -64,6 +80,7 @@ class RobotSpec:
     rlds_instruction: str = "language_instruction"
     prompt_required: bool = True
     image_size: int | None = 224  # what clients send (None: the model's resolution)
+    convention: UnitConvention | None = None  # robot units → model units (None: the same)
 
     def __post_init__(self):
         views = [c.view for c in self.cameras if c.view is not None]
@@ -76,7 +93,12 @@ class RobotSpec:
         return RobotInputs(self)
 
     def outputs(self) -> SliceActions:
-        return SliceActions(self.action_dim)
+        return SliceActions(self.action_dim, self.convention)
+
+    def action_inputs(self) -> tuple[_t.DataTransformFn, ...]:
+        """What ``inputs()`` does to ``{"state", "actions"}`` in robot units (a previous chunk brought back into model
+        space for a warm start or a real-time prefix): the unit conversion, if any."""
+        return (ToModelUnits(self.convention),) if self.convention is not None else ()
 
     def repack(self) -> _t.RepackTransform:
         return _t.RepackTransform(_nest([*((c.key, c.sample_key) for c in self.cameras if c.lerobot_feature is not None),
@@ -116,7 +138,9 @@ class RobotSpec:
         """A random observation that ``schema(image_size)`` accepts (every camera, uint8 in its first layout)."""
         size = image_size or self.image_size
         values = [(c.key, _random_image(rng, size, c.layouts[0])) for c in self.cameras]
-        values += [(self.state_key, rng.normal(size=self.state_dim).astype(np.float32)), (("prompt",), prompt)]
+        state = (self.convention.example_state(rng) if self.convention is not None
+                 else rng.normal(size=self.state_dim)).astype(np.float32)
+        values += [(self.state_key, state), (("prompt",), prompt)]
         return _nest(values)
 
 
@@ -191,14 +215,34 @@ class RobotInputs:
             out["actions"] = np.asarray(data["actions"], np.float32)
         if "prompt" in data:
             out["prompt"] = data["prompt"]
+        return ToModelUnits(self.spec.convention)(out) if self.spec.convention is not None else out
+
+
+@dataclasses.dataclass(frozen=True)
+class ToModelUnits:
+    """``state`` and ``actions`` (where present) from robot units into model units (float32 out)."""
+
+    convention: UnitConvention
+
+    def __call__(self, data: dict) -> dict:
+        out = dict(data)
+        if "state" in out:
+            out["state"] = np.asarray(self.convention.state_to_model(np.asarray(out["state"], np.float32)), np.float32)
+        if "actions" in out:
+            out["actions"] = np.asarray(self.convention.actions_to_model(np.asarray(out["actions"], np.float32)),
+                                        np.float32)
         return out
 
 
 @dataclasses.dataclass(frozen=True)
 class SliceActions:
-    """Robot output transform: the first ``dim`` dims of the model's padded action chunk."""
+    """Robot output transform: the first ``dim`` dims of the model's padded action chunk, in robot units."""
 
     dim: int
+    convention: UnitConvention | None = None
 
     def __call__(self, data: dict) -> dict:
-        return {"actions": np.asarray(data["actions"][..., : self.dim])}
+        actions = np.asarray(data["actions"][..., : self.dim])
+        if self.convention is not None:
+            actions = np.asarray(self.convention.actions_from_model(actions), actions.dtype)
+        return {"actions": actions}

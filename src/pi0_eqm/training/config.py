@@ -108,6 +108,11 @@ class TrainConfig:
 _LIBERO_DATA = EpisodicDataConfig(robot="libero", format="lerobot", path="lerobot/physical-intelligence/libero",
                                   asset_id="physical-intelligence/libero", extra_delta_transform=True)
 _PI0_BASE = _weights.CheckpointWeightLoader("checkpoints/pi0_base/params")
+_ALOHA_SIM_DATA = EpisodicDataConfig(
+    robot="aloha_sim", format="lerobot", path="lerobot/aloha_sim_transfer_cube_human",
+    asset_id="lerobot/aloha_sim_transfer_cube_human", default_prompt="Transfer cube",
+    how_to_obtain="download the 'lerobot/aloha_sim_transfer_cube_human' LeRobot dataset (or record one in its layout) "
+                  "and point --data.path at it")
 # EqM feeds t ≡ 0 through the same time path, so a π₀ base checkpoint fills every param; nothing is missing.
 _PI05_BASE = _weights.CheckpointWeightLoader("checkpoints/pi05_base/params")
 
@@ -190,6 +195,13 @@ def _pi05_libero(name: str, decoder, ki: KIConfig | None = None) -> TrainConfig:
     )
 
 
+def _aloha_sim(name: str, decoder) -> TrainConfig:
+    """openpi's ``pi0_aloha_sim``: π₀ on ``lerobot/aloha_sim_transfer_cube_human``, π units (``adapt_to_pi``),
+    absolute joint actions (no delta), prompt "Transfer cube", π₀ base init, 20k steps."""
+    return TrainConfig(name=name, model=model_config("pi0", decoder, real_action_dim=14), data=_ALOHA_SIM_DATA,
+                       weight_loader=_PI0_BASE, num_train_steps=20_000)
+
+
 def _low_mem(name: str, decoder) -> TrainConfig:
     """openpi's ``pi0_libero_low_mem_finetune``: ``gemma_2b_lora`` + ``gemma_300m_lora``, π₀ base init, no EMA."""
     return TrainConfig(
@@ -245,6 +257,9 @@ _CONFIGS: list[TrainConfig] = [
         data=_LIBERO_DATA,
         weight_loader=_PI0_BASE,
     ),
+    # ALOHA simulator (openpi's pi0_aloha_sim) for both decoders
+    _aloha_sim("pi0_aloha_sim", FlowConfig()),
+    _aloha_sim("pi0_eqm_aloha_sim", EqmConfig()),
     # LIBERO LoRA fine-tuning (openpi's pi0_libero_low_mem_finetune): LoRA on both Gemmas, their base weights frozen
     # (and stored in bf16), SigLIP and the projections trained, no EMA.
     _low_mem("pi0_libero_low_mem_finetune", FlowConfig()),
@@ -290,10 +305,15 @@ _CONFIGS: list[TrainConfig] = [
     _debug("debug_libero", model_config("pi0_tiny", EqmConfig(), real_action_dim=7, tokenizer="words",
                                         max_token_len=_LIBERO_PROMPT_TOKENS),
            dataclasses.replace(_LIBERO_DATA, path="lerobot/debug_libero"), lr=1e-3, batch_size=4),
-    # tiny π₀-EqM with the ALOHA / RoboTwin layout (3 cameras, 14-d joints)
+    # tiny π₀-EqM with the ALOHA layout (3 cameras, 14-d joints) in openpi's π units (adapt_to_pi=True)
     _debug("debug_aloha", model_config("pi0_tiny", EqmConfig(), real_action_dim=14, tokenizer="words",
                                        max_token_len=12),
            EpisodicDataConfig(robot="aloha", format="lerobot", path="lerobot/debug_aloha", asset_id="aloha"),
+           lr=1e-3, batch_size=4),
+    # the same in ALOHA units throughout (adapt_to_pi=False), as RoboTwin's π₀ adapter sends them
+    _debug("debug_robotwin", model_config("pi0_tiny", EqmConfig(), real_action_dim=14, tokenizer="words",
+                                          max_token_len=12),
+           EpisodicDataConfig(robot="robotwin", format="lerobot", path="lerobot/debug_robotwin", asset_id="robotwin"),
            lr=1e-3, batch_size=4),
 ]
 

@@ -174,12 +174,13 @@ class EpisodicDataConfig:
         if real != spec.action_dim:
             raise ValueError(f"robot {spec.name!r} has {spec.action_dim}-d actions but the model's real_action_dim is "
                              f"{real}; set --model.real-action-dim={spec.action_dim}")
-        robot, robot_actions = _t.Group(inputs=(spec.inputs(),), outputs=(spec.outputs(),)), ()
+        robot, robot_actions = _t.Group(inputs=(spec.inputs(),), outputs=(spec.outputs(),)), spec.action_inputs()
         if self.extra_delta_transform:
             if spec.delta_mask is None:
                 raise ValueError(f"robot {spec.name!r} declares no delta mask; it cannot train with delta actions")
-            robot_actions = (_t.DeltaActions(spec.delta_mask),)
-            robot = robot.push(inputs=robot_actions, outputs=(_t.AbsoluteActions(spec.delta_mask),))
+            delta = _t.DeltaActions(spec.delta_mask)
+            robot_actions = (*robot_actions, delta)
+            robot = robot.push(inputs=(delta,), outputs=(_t.AbsoluteActions(spec.delta_mask),))
         fast = load_fast_tokenizer(model, assets_dir / self.asset_id)
         try:
             pipeline = Pipeline(repack=_t.Group(inputs=(spec.repack(),)), robot=robot,

@@ -27,7 +27,6 @@ from pi0_eqm.training.config import get_config  # noqa: E402
 from pi0_eqm.training.norm_stats import compute_for_config  # noqa: E402
 from tests.policies.conftest import make_libero_dataset  # noqa: E402
 
-
 # Compiled executables are kept across test modules (each module would otherwise compile the same model functions and
 # the op-by-op primitives of eager code again) until the process holds many memory mappings or much memory: each CPU
 # executable keeps ~3 mappings (measured: 300 compiles +967 mappings, freed by ``jax.clear_caches``), and the kernel's

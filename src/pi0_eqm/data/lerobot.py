@@ -19,6 +19,7 @@ used episodes are cached. Nothing here touches the network.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
 import json
@@ -345,13 +346,15 @@ def write_lerobot_dataset(
     codec: str = _video.DEFAULT_CODEC,
     chunks_size: int = 1000,
     overwrite: bool = False,
+    extra_meta: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``episodes`` as a LeRobot v2.1 dataset at ``root`` (atomically; returns ``root``).
 
     ``names`` maps episode keys to feature names (default: LIBERO's ``image``, ``wrist_image``, ``state``,
     ``actions``; other keys get ``/`` replaced by ``.``). Images (``image_keys``, default: every uint8 [T, H, W, C]
     array) are PNG structs in the parquet files, or mp4 videos (``codec``, yuv420p, keyframe every 2 frames) when
-    ``video``. An existing complete dataset is returned untouched unless ``overwrite``.
+    ``video``. An existing complete dataset is returned untouched unless ``overwrite``. ``extra_meta``, called once
+    every episode is written, returns ``{file name: JSON-able}`` written under ``meta/`` with the rest.
     """
     root = Path(root)
     if (root / "meta" / "info.json").is_file() and not overwrite:
@@ -397,4 +400,6 @@ def write_lerobot_dataset(
         (meta / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ep_rows))
         (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n" for t, i in tasks.items()))
         (meta / "episodes_stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stat_rows))
+        for name, value in (extra_meta() if extra_meta is not None else {}).items():
+            (meta / name).write_text(json.dumps(value, indent=2) + "\n")
     return root

@@ -105,10 +105,10 @@ def scalar_stats(result: Mapping[str, Any], prefix: str = "") -> dict[str, float
     return out
 
 
-def _check_actions(actions: Any, where: str) -> np.ndarray:
+def _check_actions(actions: Any, where: str, dim: int = mw.ACTION_DIM) -> np.ndarray:
     arr = np.asarray(actions, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != mw.ACTION_DIM:
-        raise ValueError(f"{where}: policy must return 'actions' of shape [H>=1, {mw.ACTION_DIM}], got {arr.shape}")
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != dim:
+        raise ValueError(f"{where}: policy must return 'actions' of shape [H>=1, {dim}], got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{where}: policy returned non-finite actions")
     return arr
@@ -119,7 +119,10 @@ def _mean(xs: Sequence[float]) -> float | None:
 
 
 def _frame(obs: dict[str, Any], scale: int) -> np.ndarray:
-    frame = np.concatenate([obs[mw.IMAGE_KEY], obs[mw.WRIST_IMAGE_KEY]], axis=1)
+    if "images" in obs:  # ALOHA layout: CHW cameras under "images"
+        frame = np.concatenate([np.transpose(v, (1, 2, 0)) for v in obs["images"].values()], axis=1)
+    else:
+        frame = np.concatenate([obs[mw.IMAGE_KEY], obs[mw.WRIST_IMAGE_KEY]], axis=1)
     return np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1) if scale > 1 else frame
 
 
@@ -204,7 +207,8 @@ def run_episode(
         log.latency_s.append(time.perf_counter() - t0)
         if not isinstance(result, Mapping) or "actions" not in result:
             raise TypeError(f"policy.infer must return a dict with 'actions', got {type(result).__name__}")
-        actions = _check_actions(result["actions"], f"{env.task} episode {episode} step {env.num_steps}")
+        actions = _check_actions(result["actions"], f"{env.task} episode {episode} step {env.num_steps}",
+                                 getattr(env, "action_dim", mw.ACTION_DIM))
         for name, value in scalar_stats(result).items():
             log.stats.setdefault(name, []).append(value)
         t0 = time.perf_counter()
@@ -239,11 +243,11 @@ def _realtime_episode(policy, env, episode, execute, frames, frame_scale, rt, no
         t0 = time.perf_counter()
         result = policy.infer(request)
         record(result, time.perf_counter() - t0)
-        return _check_actions(result["actions"], where())
+        return _check_actions(result["actions"], where(), getattr(env, "action_dim", mw.ACTION_DIM))
 
     if rt.wall_clock:
         def on_reply(reply, seconds, delay):
-            _check_actions(reply["actions"], where())
+            _check_actions(reply["actions"], where(), getattr(env, "action_dim", mw.ACTION_DIM))
             record(reply, seconds)
             log.delays.append(delay)
 
@@ -288,6 +292,7 @@ def evaluate(
     realtime: rtm.RealtimeConfig | None = None,
     normalize: rtm.Normalize | None = None,
     finished: Sequence[dict[str, Any]] = (),
+    make_env: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """Closed-loop success of ``policy`` on ``episodes_per_task`` held-out configurations of each task.
 
@@ -296,6 +301,8 @@ def evaluate(
     MP4 (image | wrist image) in ``video_dir``. ``on_episode`` receives each episode record as soon as it finishes
     (e.g. to append to an ``EpisodeLog``); ``finished`` holds the records of episodes an earlier, interrupted run
     of the same evaluation finished (read back from that log): they are not run again and count as if just run.
+    ``make_env(task)`` builds another benchmark's env with the same interface (``AlohaSimEnv`` for the ALOHA sim;
+    default: ``MetaWorldEnv(task, seed, resolution, max_steps, privileged=privileged_obs)``).
     ``realtime`` runs every episode under inference delay (``pi0_eqm.envs.realtime``;
     ``normalize`` maps robot actions to normalized units for the discontinuity). Returns ``{"config", "versions", "episodes", "per_task", "mean_success", "overall",
     "timing"}``; ``mean_success`` is the unweighted mean over tasks, ``overall`` pools all episodes (Wilson 95% CI).
@@ -322,8 +329,11 @@ def evaluate(
         "tasks": tasks, "episodes_per_task": episodes_per_task, "seed": seed, "max_steps": max_steps,
         "replan_every": replan_every, "resolution": resolution, "privileged_obs": privileged_obs,
         "realtime": dataclasses.asdict(realtime) if realtime is not None else None,
-        "prompts": {t: mw.instruction(t) for t in tasks},
+        "prompts": {},
     }  # fmt: skip
+    if make_env is None:
+        def make_env(task):
+            return mw.MetaWorldEnv(task, seed, resolution, max_steps, privileged=privileged_obs)
     episodes: list[dict[str, Any]] = []
     per_task: dict[str, dict[str, Any]] = {}
     earlier = {(r.get("task"), r.get("episode")): r for r in finished}
@@ -331,7 +341,8 @@ def evaluate(
     bar = tqdm(total=len(tasks) * episodes_per_task, desc="evaluate", unit="ep", disable=not progress)
     try:
         for task in tasks:
-            with mw.MetaWorldEnv(task, seed, resolution, max_steps, privileged=privileged_obs) as env:
+            with make_env(task) as env:
+                config["prompts"][task] = env.prompt
                 task_records = []
                 for ep in range(episodes_per_task):
                     rec = earlier.get((task, ep))

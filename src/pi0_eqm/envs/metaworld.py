@@ -28,7 +28,6 @@ import os
 import sys
 from typing import Any
 import warnings
-import zlib
 
 _MUJOCO_PREIMPORTED_WITHOUT_GL = "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ
 os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first mujoco import; fallback: MUJOCO_GL=osmesa
@@ -41,6 +40,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from pi0_eqm.envs.seeding import derive_seed  # noqa: E402
 from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
 from pi0_eqm.envs.tasks import INSTRUCTIONS  # noqa: E402
 from pi0_eqm.robots import METAWORLD  # noqa: E402
@@ -54,14 +54,6 @@ ACTION_DIM = METAWORLD.action_dim
 STATE_DIM = METAWORLD.state_dim
 CONFIGS_PER_BLOCK = 50  # metaworld._N_GOALS
 MAX_PATH_LENGTH = 500  # Meta-World refuses to step further without a reset
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A stable 31-bit seed from ints and strings (strings via CRC32, so it does not depend on PYTHONHASHSEED)."""
-    ints = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
-    if any(i < 0 for i in ints):
-        raise ValueError(f"seed parts must be non-negative, got {parts}")
-    return int(np.random.SeedSequence(ints).generate_state(1)[0] >> 1)
 
 
 def instruction(task: str) -> str:

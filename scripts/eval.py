@@ -40,20 +40,20 @@ class Args:
     episodes_per_task: int = 10
     replan_every: int = 8
     seed: int = 1000  # evaluation seed (demos use 0: held-out configurations)
-    max_steps: int = 200
-    tasks: tuple[str, ...] | None = None
+    max_steps: int | None = None  # default: 200 on Meta-World, 400 on the ALOHA sim
+    tasks: tuple[str, ...] | None = None  # default: the benchmark's (Meta-World's 8; ALOHA: transfer_cube)
     decoder: Annotated[EvalDecoderSettings, tyro.conf.OmitArgPrefixes] = EvalDecoderSettings()
     videos_per_task: int = 0
     out: str = "results/eval"
 
 
-def _episode_log(args: Args, step_dir, settings: DecoderSettings, tasks):
+def _episode_log(args: Args, step_dir, settings: DecoderSettings, tasks, max_steps: int):
     """``<out>/episodes.jsonl`` of this evaluation; ``ValueError`` if ``<out>`` holds another evaluation's."""
     from pi0_eqm.atomic import atomic_write_bytes
     from pi0_eqm.envs.episode_log import EpisodeLog
 
     what = {"checkpoint": str(step_dir.resolve()), "settings": dataclasses.asdict(settings), "seed": args.seed,
-            "max_steps": args.max_steps, "replan_every": args.replan_every, "tasks": list(tasks)}
+            "max_steps": max_steps, "replan_every": args.replan_every, "tasks": list(tasks)}
     what = json.loads(json.dumps(what))
     path = os.path.join(args.out, "evaluation.json")
     log = EpisodeLog(os.path.join(args.out, "episodes.jsonl"))
@@ -79,18 +79,30 @@ def main(args: Args) -> dict:
     cfg, step_dir = resolve_checkpoint(args.checkpoint, args.config)
     fields = {f.name: getattr(args.decoder, f.name) for f in dataclasses.fields(DecoderSettings)}
     settings = DecoderSettings(**{**fields, "executed": args.replan_every})
-    tasks = args.tasks or DEFAULT_TASKS
-    log = _episode_log(args, step_dir, settings, tasks)
+    env = cfg.policy_metadata.get("env", "metaworld")
+    resolution = cfg.model.image_resolution[0]
+    make_env = None
+    if env == "aloha_sim":
+        from pi0_eqm.envs import aloha_sim
+
+        tasks = args.tasks or ("transfer_cube",)
+        max_steps = args.max_steps or aloha_sim.MAX_STEPS
+
+        def make_env(task):
+            return aloha_sim.AlohaSimEnv(task, args.seed, resolution, max_steps)
+    else:
+        tasks, max_steps = args.tasks or DEFAULT_TASKS, args.max_steps or 200
+    log = _episode_log(args, step_dir, settings, tasks, max_steps)
     policy = bench.load_policy(cfg, step_dir, settings)
     result = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.replan_every,
-                                   seed=args.seed, max_steps=args.max_steps, tasks=tasks,
-                                   resolution=cfg.model.image_resolution[0], videos_per_task=args.videos_per_task,
-                                   video_dir=os.path.join(args.out, "videos"), log=log)
+                                   seed=args.seed, max_steps=max_steps, tasks=tasks, resolution=resolution,
+                                   videos_per_task=args.videos_per_task, video_dir=os.path.join(args.out, "videos"),
+                                   log=log, make_env=make_env)
     row = bench.summary_row(result)
     result["settings"] = dataclasses.asdict(settings)
     result["summary"] = row
     bench.save_json(os.path.join(args.out, "results.json"), result)
-    bench.plot_success({cfg.name: row}, tasks, os.path.join(args.out, "success.png"), f"{cfg.name} on Meta-World")
+    bench.plot_success({cfg.name: row}, tasks, os.path.join(args.out, "success.png"), f"{cfg.name} on {'the ALOHA sim' if env == 'aloha_sim' else 'Meta-World'}")
     print(bench.format_table({cfg.name: row}, tasks))
     print(f"results in {args.out}/results.json")
     return result

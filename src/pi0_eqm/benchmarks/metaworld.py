@@ -73,16 +73,17 @@ def load_policy(config: TrainConfig, checkpoint: str | os.PathLike, settings: De
 def evaluate_policy(policy: Policy, *, episodes_per_task: int, replan_every: int, seed: int, max_steps: int,
                     tasks=None, resolution: int = 64, videos_per_task: int = 0, video_dir=None,
                     progress: bool = True, realtime: RealtimeConfig | None = None,
-                    log: EpisodeLog | None = None) -> dict[str, Any]:
+                    log: EpisodeLog | None = None, make_env=None) -> dict[str, Any]:
     """``envs.evaluate.evaluate`` on the policy; under ``realtime`` the discontinuities are in the policy's normalized
     action units. With ``log``, each finished episode is appended to it and the episodes already there are not run
-    again (the caller checks that the log belongs to this evaluation)."""
+    again (the caller checks that the log belongs to this evaluation). ``make_env(task)``: another benchmark's env
+    (``envs.evaluate.evaluate``'s; default Meta-World)."""
     return _ev.evaluate(policy, tasks=tuple(tasks or DEFAULT_TASKS), episodes_per_task=episodes_per_task, seed=seed,
                         max_steps=max_steps, replan_every=replan_every, resolution=resolution,
                         videos_per_task=videos_per_task, video_dir=video_dir, progress=progress, realtime=realtime,
                         normalize=lambda state, a: policy.action_transform({"state": state, "actions": a})["actions"],
                         finished=log.read() if log is not None else (),
-                        on_episode=log.append if log is not None else None)
+                        on_episode=log.append if log is not None else None, make_env=make_env)
 
 
 def summary_row(result: dict[str, Any]) -> dict[str, Any]:

@@ -202,6 +202,17 @@ def _aloha_sim(name: str, decoder) -> TrainConfig:
                        weight_loader=_PI0_BASE, num_train_steps=20_000)
 
 
+def _aloha_sim_cpu(name: str, decoder) -> TrainConfig:
+    """ALOHA transfer-cube on a CPU: the embedded benchmark's 0.7M-parameter model on the top camera at 64 px, 14-d
+    joints in π units, H 16 (0.32 s at 50 Hz), the scripted demos of ``scripts/generate_aloha_demos.py`` (30 kept
+    episodes, seed 0), batch 32, 1500 steps."""
+    model = model_config("pi0_metaworld", decoder, real_action_dim=14, image_keys=("base_0_rgb",))
+    data = dataclasses.replace(_ALOHA_SIM_DATA, path="lerobot/aloha_sim_transfer_cube_scripted_e30_s0_r64",
+                               asset_id="aloha_sim_transfer_cube_scripted",
+                               how_to_obtain="uv run scripts/generate_aloha_demos.py --episodes 30 --resolution 64")
+    return _cpu_recipe(name, model, data, steps=1500, env="aloha_sim")
+
+
 def _low_mem(name: str, decoder) -> TrainConfig:
     """openpi's ``pi0_libero_low_mem_finetune``: ``gemma_2b_lora`` + ``gemma_300m_lora``, π₀ base init, no EMA."""
     return TrainConfig(
@@ -260,6 +271,8 @@ _CONFIGS: list[TrainConfig] = [
     # ALOHA simulator (openpi's pi0_aloha_sim) for both decoders
     _aloha_sim("pi0_aloha_sim", FlowConfig()),
     _aloha_sim("pi0_eqm_aloha_sim", EqmConfig()),
+    _aloha_sim_cpu("pi0_aloha_sim_cpu", FlowConfig()),
+    _aloha_sim_cpu("pi0_eqm_aloha_sim_cpu", EqmConfig()),
     # LIBERO LoRA fine-tuning (openpi's pi0_libero_low_mem_finetune): LoRA on both Gemmas, their base weights frozen
     # (and stored in bf16), SigLIP and the projections trained, no EMA.
     _low_mem("pi0_libero_low_mem_finetune", FlowConfig()),

@@ -10,8 +10,8 @@ from tests.benchmarks.conftest import load_script
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 
-def test_ki_ablation_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setenv("PI0_DATA_HOME", str(tmp_path / "data"))
+def test_ki_ablation_end_to_end(tmp_path, monkeypatch, metaworld_home):
+    monkeypatch.setenv("PI0_DATA_HOME", str(metaworld_home.data))  # the shared demos (2 tasks × 2, 64 px)
     mod = load_script("ki_ablation")
     common = dict(demos_per_task=2, train_steps=8, eval_every=4, batch_size=8, episodes_per_task=1, max_steps=16,
                   tasks=("handle-press-v3", "coffee-button-v3"), out=str(tmp_path / "out"),

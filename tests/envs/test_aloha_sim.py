@@ -8,9 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from pi0_eqm.benchmarks import metaworld as bench
 from pi0_eqm.data.chunking import ChunkedDataset
 from pi0_eqm.data.episodes import ACTION_KEY
 from pi0_eqm.data.episodes import STATE_KEY
+from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.envs import aloha_scripted
 from pi0_eqm.envs.aloha_sim import AlohaSimEnv
 from pi0_eqm.envs.aloha_sim import object_pose
@@ -19,7 +21,9 @@ from pi0_eqm.models.configs import model_config
 from pi0_eqm.models.decoder_config import EqmConfig
 from pi0_eqm.robots import ALOHA_SIM
 from pi0_eqm.serving.schema import validate
+from pi0_eqm.training import loop
 from pi0_eqm.training.config import get_config
+from pi0_eqm.training.norm_stats import compute_for_config
 
 pytestmark = pytest.mark.sim
 
@@ -49,7 +53,7 @@ def test_observations_are_what_an_openpi_aloha_client_sends_and_configurations_a
 
 
 @pytest.mark.slow
-def test_scripted_transfer_demos_replay_in_joint_space_and_train_the_aloha_sim_config(tmp_path):
+def test_scripted_transfer_demos_replay_and_the_cpu_benchmark_trains_and_evaluates_on_them(tmp_path):
     root = aloha_scripted.generate_aloha_dataset(tmp_path, "transfer_cube", episodes=1, seed=0, resolution=32,
                                                  progress=False)
     info = json.loads((root / "meta" / "info.json").read_text())
@@ -81,6 +85,22 @@ def test_scripted_transfer_demos_replay_in_joint_space_and_train_the_aloha_sim_c
     out = data.create(model, tmp_path / "assets", load_stats=False).pipeline.statistics()(sample)
     assert out["image"]["base_0_rgb"].shape == (32, 32, 3) and out["image_mask"]["base_0_rgb"]
     np.testing.assert_allclose(out["state"], ALOHA_SIM.convention.state_to_model(sample["state"].copy()), atol=1e-6)
+
+    # The CPU benchmark's pipeline on it: norm stats → 2 training steps → a closed-loop episode in the simulator.
+    cpu = get_config("pi0_eqm_aloha_sim_cpu")
+    cpu = dataclasses.replace(cpu, model=dataclasses.replace(cpu.model, image_resolution=(32, 32)),
+                              data=dataclasses.replace(cpu.data, path=str(root)), num_train_steps=2, batch_size=4,
+                              save_interval=2, checkpoint_base_dir=str(tmp_path / "ckpt"),
+                              assets_base_dir=str(tmp_path / "assets"), async_checkpoint=False, num_workers=0)
+    compute_for_config(cpu)
+    loop.train(cpu, progress=False)
+    policy = bench.load_policy(cpu, cpu.checkpoint_dir / "2", DecoderSettings(executed=8))
+    result = bench.evaluate_policy(policy, episodes_per_task=1, replan_every=8, seed=1000, max_steps=24,
+                                   tasks=["transfer_cube"], resolution=32, progress=False,
+                                   make_env=lambda task: AlohaSimEnv(task, 1000, 32, 24))
+    (episode,) = result["episodes"]
+    assert episode["steps"] == 24 and episode["num_chunks"] == 3 and not episode["success"]
+    assert episode["stats"]["solver/iterations"] == [10, 10, 10]
 
 
 def test_the_expert_reaches_the_top_reward_on_most_transfer_configurations():

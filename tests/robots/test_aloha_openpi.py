@@ -88,13 +88,19 @@ def test_robot_unit_chunks_round_trip_through_the_served_pipeline_with_delta_act
     np.testing.assert_allclose(back, chunk, rtol=1e-4, atol=1e-4)
 
 
-def test_a_gripper_outside_the_linkage_is_a_clear_error_and_robotwin_takes_any_units():
+def test_a_gripper_state_in_other_units_is_a_clear_error_and_robotwin_takes_any_units():
     obs = _obs(0)
     obs["state"] = obs["state"].copy()
-    obs["state"][13] = -0.7  # a linear position below 0 m
-    with pytest.raises(InvalidRequestError, match=r"gripper state .* outside the gripper's range.*'robotwin'"):
+    obs["state"][13] = 45.0  # degrees, not ALOHA's normalized position
+    with pytest.raises(InvalidRequestError, match=r"gripper state .* not a normalized gripper position.*'robotwin'"):
         ALOHA.inputs()(obs)
     assert np.isfinite(ROBOTWIN.inputs()(obs)["state"]).all()
+    # A simulated gripper forced past its limits (gym-aloha under a poor policy: -0.6, i.e. a linear position below
+    # 0 m, and 2.3) converts as openpi's does, through its clip, without a warning or an error.
+    for value in (-0.6, 2.3):
+        obs["state"][13] = value
+        with np.errstate(all="raise"):
+            assert np.isfinite(ALOHA.inputs()(obs)["state"]).all()
     assert ALOHA.inputs()(ALOHA.example(np.random.default_rng(0)))["state"].shape == (14,)
 
 

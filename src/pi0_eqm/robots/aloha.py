@@ -50,14 +50,17 @@ POSITION_CLOSED, POSITION_OPEN = 0.01844, 0.05800
 JOINT_CLOSED, JOINT_OPEN = -0.6213, 1.4910
 ARM_LENGTH, HORN_RADIUS = 0.036, 0.022
 PI_ANGLE_MIN, PI_ANGLE_MAX = 0.5476, 1.6296
-# A normalized gripper position at or below this is a linear position <= 0, which the linkage cannot take.
-MIN_GRIPPER_POSITION = -POSITION_CLOSED / (POSITION_OPEN - POSITION_CLOSED)
+# Gripper states outside this range are not ALOHA's normalized positions (0 closed … 1 open) but other units (degrees,
+# encoder counts): refused rather than converted. Inside it openpi's conversion applies as is, clipping included; a
+# simulated gripper forced past its joint limits by a poor policy was seen at -0.6 and 2.3 in gym-aloha.
+GRIPPER_RANGE = (-5.0, 5.0)
 
 
 def _gripper_to_pi(position: np.ndarray) -> np.ndarray:
     """Normalized linear gripper position → normalized π gripper angle."""
     linear = position * (POSITION_OPEN - POSITION_CLOSED) + POSITION_CLOSED
-    sine = (HORN_RADIUS**2 + linear**2 - ARM_LENGTH**2) / (2 * HORN_RADIUS * linear)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a linear position of 0 clips to ±90° as in openpi
+        sine = (HORN_RADIUS**2 + linear**2 - ARM_LENGTH**2) / (2 * HORN_RADIUS * linear)
     return (np.arcsin(np.clip(sine, -1.0, 1.0)) - PI_ANGLE_MIN) / (PI_ANGLE_MAX - PI_ANGLE_MIN)
 
 
@@ -76,11 +79,12 @@ class AlohaPiUnits:
 
     def state_to_model(self, state: np.ndarray) -> np.ndarray:
         grip = np.asarray(state)[..., GRIPPERS]
-        if not np.all(grip > MIN_GRIPPER_POSITION):
+        lo, hi = GRIPPER_RANGE
+        if not np.all((grip >= lo) & (grip <= hi)):
             raise InvalidRequestError(
-                f"ALOHA gripper state {np.round(grip, 4).tolist()} (dims 6 and 13) is outside the gripper's range: "
-                f"expected the runtime's normalized linear position (0 closed, 1 open; > {MIN_GRIPPER_POSITION:.3f}); "
-                "a robot in openpi's π units needs the 'robotwin' robot (adapt_to_pi=False) instead")
+                f"ALOHA gripper state {np.round(grip, 4).tolist()} (dims 6 and 13) is not a normalized gripper "
+                f"position: expected the ALOHA runtime's (0 closed, 1 open; within [{lo:g}, {hi:g}]); a robot whose "
+                "state is already in openpi's π units needs the 'robotwin' robot (adapt_to_pi=False) instead")
         out = JOINT_SIGNS * state
         out[..., GRIPPERS] = _gripper_to_pi(out[..., GRIPPERS])
         return out

@@ -71,14 +71,14 @@ def test_tiny_benchmark_measures_every_figure_and_imports_only_the_image_and_the
     monkeypatch.setenv("IMPORT_TRACE_DIR", str(trace))
     out = tmp_path / "out"
     # π₀ (inference + serving) and a LoRA step here; .ci/lane-py312 runs π₀.5 and a full fine-tune step
-    proc = _run(out, "--cases", "pi0", "lora_2", "--batch-sizes", "1", "2", "--clients", "1", "2", "--requests", "3",
+    proc = _run(out, "--cases", "pi0", "lora_2", "--batch-sizes", "1", "--clients", "1", "2", "--requests", "3",
                 "--train-batch", "2", "--train-steps", "1", "--repeats", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "device_benchmark.json").read_text())
     assert [(c["name"], c["status"]) for c in result["cases"]] == [("pi0", "done"), ("lora_2", "done")]
     rows = [r for c in result["cases"] for r in c["rows"]]
     infer = [r for r in rows if r["kind"] == "infer"]
-    assert [r["batch"] for r in infer] == [1, 2]
+    assert [r["batch"] for r in infer] == [1]  # batch 2 is compiled and served below; the lane times batch 1 and 2
     for r in infer:
         assert r["flow_forwards"] == r["eqm_forwards"] == 10 and r["flow_finite"] and r["eqm_finite"]
         assert min(r["prefix_ms"], r["flow_ms"], r["eqm_ms"], r["prefix_compile_s"]) > 0

@@ -5,6 +5,7 @@ import sys
 import tomllib
 
 from tests.architecture import REPO
+from tests.packages import lock_closure
 
 BENCH_ONLY = {"mujoco", "metaworld", "gymnasium", "matplotlib", "imageio", "nbclient", "nbformat", "ipykernel",
               "jupyter-client", "pi0-eqm-lab"}
@@ -12,16 +13,7 @@ BENCH_ONLY = {"mujoco", "metaworld", "gymnasium", "matplotlib", "imageio", "nbcl
 
 def _core_closure() -> set[str]:
     """Every package ``pip install pi0_eqm`` (no extras) pulls, per ``uv.lock`` (markers ignored: a superset)."""
-    lock = tomllib.loads((REPO / "uv.lock").read_text())
-    packages = {p["name"]: p for p in lock["package"]}
-    seen, todo = set(), [d["name"] for d in packages["pi0-eqm"]["dependencies"]]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        todo += [d["name"] for d in packages[name].get("dependencies", [])]
-    return seen
+    return lock_closure(["pi0-eqm"]) - {"pi0-eqm"}
 
 
 def test_core_install_pulls_no_simulator_plotting_or_notebook_package():

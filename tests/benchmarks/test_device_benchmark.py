@@ -7,16 +7,19 @@ import importlib.metadata as md
 import json
 import os
 from pathlib import Path
-import re
 import subprocess
 import sys
 
 from packaging.requirements import Requirement
 import pytest
 
+from tests.packages import lock_closure
+from tests.packages import normalize
+
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "lab" / "device" / "benchmark.py"
-# The lent image: Python 3.12, JAX 0.11 (CUDA), flax, optax, orbax-checkpoint, numpy and their dependencies.
+# The lent image: Python 3.12, JAX 0.11 (CUDA), flax, optax, orbax-checkpoint, numpy and their dependencies (their
+# closure in uv.lock).
 IMAGE = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 # jax imports these when they are installed (inside try/except ImportError); the benchmark runs without them.
 OPTIONAL = {"cloudpickle", "filelock"}
@@ -28,27 +31,6 @@ def _dump():
         f.write("\\n".join(sorted({m.split(".")[0] for m in list(sys.modules)})))
 atexit.register(_dump)
 """
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _closure(roots) -> set[str]:
-    seen, todo = set(), list(roots)
-    while todo:
-        name = todo.pop()
-        if _norm(name) in seen:
-            continue
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            continue
-        seen.add(_norm(name))
-        for req in map(Requirement, dist.requires or []):
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return seen
 
 
 def _listed() -> list[str]:
@@ -103,17 +85,17 @@ def test_tiny_benchmark_measures_every_figure_and_imports_only_the_image_and_the
     subprocess.run([sys.executable, "-c", "pass"], env={**os.environ, "IMPORT_TRACE_DIR": str(bare)}, check=True)
     imported -= set(next(bare.glob("*.txt")).read_text().split())
     owners = md.packages_distributions()
-    allowed = _closure(IMAGE) | _closure(_listed()) | OPTIONAL
+    allowed = lock_closure(IMAGE) | lock_closure(_listed()) | OPTIONAL
     outside, used = [], set()
     for module in sorted(imported - set(sys.stdlib_module_names) - REPO_MODULES):
-        dists = {_norm(d) for d in owners.get(module, [])}
+        dists = {normalize(d) for d in owners.get(module, [])}
         if not dists and module.startswith("_"):
             continue  # interpreter and extension internals (_cython_*, _sysconfigdata_*)
         used |= dists
         if not dists & allowed:
             outside.append((module, sorted(dists)))
     assert not outside, f"imported from outside the image and requirements.txt: {outside}"
-    assert {_norm(n) for n in _listed()} <= used, "requirements.txt lists a wheel nothing imports"
+    assert {normalize(n) for n in _listed()} <= used, "requirements.txt lists a wheel nothing imports"
 
 
 def test_a_spent_budget_is_reported_not_run(tmp_path):

@@ -14,30 +14,26 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
-import os
 from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first mujoco import; fallback: MUJOCO_GL=osmesa
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+from dm_control import mujoco as dm_mujoco
+from dm_control.rl import control
+from gym_aloha.constants import ASSETS_DIR
+from gym_aloha.constants import DT
+from gym_aloha.tasks import sim_end_effector as ee_tasks
+import numpy as np
+from tqdm.auto import tqdm
 
-from dm_control import mujoco as dm_mujoco  # noqa: E402
-from dm_control.rl import control  # noqa: E402
-from gym_aloha.constants import ASSETS_DIR  # noqa: E402
-from gym_aloha.constants import DT  # noqa: E402
-from gym_aloha.tasks import sim_end_effector as ee_tasks  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from pi0_eqm.data.episodes import ACTION_KEY  # noqa: E402
-from pi0_eqm.data.episodes import STATE_KEY  # noqa: E402
-from pi0_eqm.data.episodes import Episode  # noqa: E402
-from pi0_eqm.data.lerobot import write_lerobot_dataset  # noqa: E402
-from pi0_eqm.envs.aloha_sim import FPS  # noqa: E402
-from pi0_eqm.envs.aloha_sim import MAX_REWARD  # noqa: E402
-from pi0_eqm.envs.aloha_sim import MAX_STEPS  # noqa: E402
-from pi0_eqm.envs.aloha_sim import AlohaSimEnv  # noqa: E402
-from pi0_eqm.envs.aloha_sim import check_task  # noqa: E402
-from pi0_eqm.envs.aloha_sim import object_pose  # noqa: E402
+from pi0_eqm.data.episodes import ACTION_KEY
+from pi0_eqm.data.episodes import STATE_KEY
+from pi0_eqm.data.episodes import Episode
+from pi0_eqm.data.lerobot import write_lerobot_dataset
+from pi0_eqm.envs.aloha_sim import FPS
+from pi0_eqm.envs.aloha_sim import MAX_REWARD
+from pi0_eqm.envs.aloha_sim import MAX_STEPS
+from pi0_eqm.envs.aloha_sim import AlohaSimEnv
+from pi0_eqm.envs.aloha_sim import check_task
+from pi0_eqm.envs.aloha_sim import object_pose
 
 EE_SCENES = {"transfer_cube": "bimanual_viperx_end_effector_transfer_cube.xml",
              "insertion": "bimanual_viperx_end_effector_insertion.xml"}

@@ -16,22 +16,18 @@ so the closed-loop evaluator runs either.
 from __future__ import annotations
 
 import collections
-import os
 from typing import Any
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first mujoco import; fallback: MUJOCO_GL=osmesa
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+from dm_control import mujoco as dm_mujoco
+from dm_control.rl import control
+from gym_aloha.constants import ASSETS_DIR
+from gym_aloha.constants import DT
+from gym_aloha.tasks import sim as joint_tasks
+from gym_aloha.utils import sample_box_pose
+from gym_aloha.utils import sample_insertion_pose
+import numpy as np
 
-from dm_control import mujoco as dm_mujoco  # noqa: E402
-from dm_control.rl import control  # noqa: E402
-from gym_aloha.constants import ASSETS_DIR  # noqa: E402
-from gym_aloha.constants import DT  # noqa: E402
-from gym_aloha.tasks import sim as joint_tasks  # noqa: E402
-from gym_aloha.utils import sample_box_pose  # noqa: E402
-from gym_aloha.utils import sample_insertion_pose  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pi0_eqm.envs.seeding import derive_seed  # noqa: E402
+from pi0_eqm.envs.seeding import derive_seed
 
 TASKS = ("transfer_cube", "insertion")
 PROMPTS = {"transfer_cube": "Transfer cube", "insertion": "Insert the peg into the socket"}

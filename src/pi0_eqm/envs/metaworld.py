@@ -25,25 +25,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from collections.abc import Sequence
 import os
-import sys
 from typing import Any
 import warnings
 
-_MUJOCO_PREIMPORTED_WITHOUT_GL = "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ
-os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first mujoco import; fallback: MUJOCO_GL=osmesa
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+import gymnasium as gym
+import metaworld  # noqa: F401  (registers the Meta-World/* gymnasium ids)
+from metaworld.policies import ENV_POLICY_MAP
+import mujoco
+import numpy as np
+from tqdm.auto import tqdm
 
-import gymnasium as gym  # noqa: E402
-import metaworld  # noqa: E402  (registers the Meta-World/* gymnasium ids)
-from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from pi0_eqm.envs.seeding import derive_seed  # noqa: E402
-from pi0_eqm.envs.tasks import DEFAULT_TASKS  # noqa: E402
-from pi0_eqm.envs.tasks import INSTRUCTIONS  # noqa: E402
-from pi0_eqm.robots import METAWORLD  # noqa: E402
+from pi0_eqm.envs import MUJOCO_PREIMPORTED_WITHOUT_GL
+from pi0_eqm.envs.seeding import derive_seed
+from pi0_eqm.envs.tasks import DEFAULT_TASKS
+from pi0_eqm.envs.tasks import INSTRUCTIONS
+from pi0_eqm.robots import METAWORLD
 
 # The observation keys and dims are the robot's (pi0_eqm/robots/metaworld.py).
 IMAGE_KEY, WRIST_IMAGE_KEY = (c.sample_key for c in METAWORLD.cameras)
@@ -117,8 +113,8 @@ class MetaWorldEnv:
         except Exception as e:  # pragma: no cover - depends on the system GL stack
             self._env.close()
             hint = (
-                "mujoco was imported before pi0_eqm.envs.metaworld without MUJOCO_GL set, so it chose GLFW; "
-                if _MUJOCO_PREIMPORTED_WITHOUT_GL
+                "mujoco was imported before pi0_eqm.envs without MUJOCO_GL set, so it chose GLFW; "
+                if MUJOCO_PREIMPORTED_WITHOUT_GL
                 else ""
             )
             raise RuntimeError(

@@ -157,7 +157,7 @@ def serve(policies: dict[str, Policy], clients: list[int], requests: int, decode
     sizes = [1 << k for k in range((max(clients) - 1).bit_length() + 1)]  # 1, 2, 4, ... up to the padded largest
     t = time.perf_counter()
     pol.warm_up(obs, batch_sizes=sizes)  # every padded batch size the batcher can form, compiled before timing
-    row(kind="serve_warm_up", model=cfg.pi05 and "pi05" or "pi0", decoder=decoder, batch_sizes=sizes,
+    row(kind="serve_warm_up", model="pi05" if cfg.pi05 else "pi0", decoder=decoder, batch_sizes=sizes,
         compile_s=time.perf_counter() - t)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "obs.msgpack"

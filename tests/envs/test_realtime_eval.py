@@ -32,6 +32,7 @@ class RecordingEnv:
     """The MetaWorldEnv interface, recording executed actions; ``steps`` control steps per episode."""
 
     task = "fake-v3"
+    action_dim = 4
 
     def __init__(self, steps):
         self.max_steps, self.actions = steps, []

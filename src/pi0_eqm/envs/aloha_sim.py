@@ -50,8 +50,8 @@ def object_pose(task: str, seed: int) -> np.ndarray:
     return np.concatenate(sample_insertion_pose(seed)).astype(np.float64)
 
 
-def _top_camera_only(base: type, resolution: int) -> type:
-    """``base`` (a gym-aloha joint-space task) rendering only the top camera at ``resolution``."""
+def _state_only(base: type) -> type:
+    """``base`` (a gym-aloha joint-space task) rendering nothing itself (the env renders the top camera)."""
 
     class Task(base):
         def get_observation(self, physics):
@@ -82,12 +82,11 @@ class AlohaSimEnv:
         self.prompt = prompt if prompt is not None else PROMPTS[task]
         base = joint_tasks.TransferCubeTask if task == "transfer_cube" else joint_tasks.InsertionTask
         self.physics = dm_mujoco.Physics.from_xml_path(str(ASSETS_DIR / SCENES[task]))
-        self._env = control.Environment(self.physics, _top_camera_only(base, resolution)(), float("inf"),
+        self._env = control.Environment(self.physics, _state_only(base)(), float("inf"),
                                         control_timestep=DT, n_sub_steps=None, flat_observation=False)
         self.action_dim = 14
         self.episode = -1
         self.num_steps, self.success, self.done = 0, False, True
-        self.max_reward = 0
         self._qpos = np.zeros(14)
 
     def configuration_seed(self, episode: int) -> int:
@@ -97,7 +96,7 @@ class AlohaSimEnv:
         self.episode = self.episode + 1 if episode is None else int(episode)
         joint_tasks.BOX_POSE[0] = object_pose(self.task, self.configuration_seed(self.episode))
         ts = self._env.reset()
-        self.num_steps, self.success, self.done, self.max_reward = 0, False, False, 0
+        self.num_steps, self.success, self.done = 0, False, False
         self._qpos = np.asarray(ts.observation["qpos"])
         return self.observation()
 
@@ -110,9 +109,7 @@ class AlohaSimEnv:
         ts = self._env.step(action)
         self._qpos = np.asarray(ts.observation["qpos"])
         self.num_steps += 1
-        reward = int(ts.reward or 0)
-        self.max_reward = max(self.max_reward, reward)
-        self.success = self.success or reward == MAX_REWARD
+        self.success = self.success or int(ts.reward or 0) == MAX_REWARD
         self.done = self.success or self.num_steps >= self.max_steps
         return (self.observation() if render else None), self.success, self.done
 

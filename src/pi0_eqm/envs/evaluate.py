@@ -208,7 +208,7 @@ def run_episode(
         if not isinstance(result, Mapping) or "actions" not in result:
             raise TypeError(f"policy.infer must return a dict with 'actions', got {type(result).__name__}")
         actions = _check_actions(result["actions"], f"{env.task} episode {episode} step {env.num_steps}",
-                                 getattr(env, "action_dim", mw.ACTION_DIM))
+                                 env.action_dim)
         for name, value in scalar_stats(result).items():
             log.stats.setdefault(name, []).append(value)
         t0 = time.perf_counter()
@@ -243,11 +243,11 @@ def _realtime_episode(policy, env, episode, execute, frames, frame_scale, rt, no
         t0 = time.perf_counter()
         result = policy.infer(request)
         record(result, time.perf_counter() - t0)
-        return _check_actions(result["actions"], where(), getattr(env, "action_dim", mw.ACTION_DIM))
+        return _check_actions(result["actions"], where(), env.action_dim)
 
     if rt.wall_clock:
         def on_reply(reply, seconds, delay):
-            _check_actions(reply["actions"], where(), getattr(env, "action_dim", mw.ACTION_DIM))
+            _check_actions(reply["actions"], where(), env.action_dim)
             record(reply, seconds)
             log.delays.append(delay)
 
@@ -301,8 +301,9 @@ def evaluate(
     MP4 (image | wrist image) in ``video_dir``. ``on_episode`` receives each episode record as soon as it finishes
     (e.g. to append to an ``EpisodeLog``); ``finished`` holds the records of episodes an earlier, interrupted run
     of the same evaluation finished (read back from that log): they are not run again and count as if just run.
-    ``make_env(task)`` builds another benchmark's env with the same interface (``AlohaSimEnv`` for the ALOHA sim;
-    default: ``MetaWorldEnv(task, seed, resolution, max_steps, privileged=privileged_obs)``).
+    ``make_env(task)`` builds another benchmark's env with the same interface (``reset``, ``step``, ``done``,
+    ``num_steps``, ``success``, ``task``, ``prompt``, ``action_dim``; a context manager): ``AlohaSimEnv`` for the ALOHA
+    sim; default: ``MetaWorldEnv(task, seed, resolution, max_steps, privileged=privileged_obs)``.
     ``realtime`` runs every episode under inference delay (``pi0_eqm.envs.realtime``;
     ``normalize`` maps robot actions to normalized units for the discontinuity). Returns ``{"config", "versions", "episodes", "per_task", "mean_success", "overall",
     "timing"}``; ``mean_success`` is the unweighted mean over tasks, ``overall`` pools all episodes (Wilson 95% CI).

@@ -125,6 +125,7 @@ class MetaWorldEnv:
         # Shadows and the (nearly invisible) floor reflection each cost a full extra scene pass in software GL.
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        self.action_dim = ACTION_DIM
         self.episode = -1  # index of the current episode; reset() without an argument advances it
         self.num_steps = 0
         self.raw_obs: np.ndarray | None = None  # last full 39-d Meta-World observation

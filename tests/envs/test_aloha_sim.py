@@ -117,8 +117,7 @@ class _ReplayExpert:
 
     def reset(self):
         self.t = 0
-        self.actions = aloha_scripted.expert_joint_trajectory(
-            self.env.task, self.env.configuration_seed(self.env.episode))[0].astype(np.float32)
+        self.actions = aloha_scripted.expert_actions(self.env, self.env.episode)[0]
 
     def infer(self, obs):
         validate(obs, ALOHA_SIM.schema(image_size=16))

@@ -186,11 +186,17 @@ def expert_joint_trajectory(task: str, config_seed: int, steps: int = MAX_STEPS)
     return np.stack(actions), best
 
 
+def expert_actions(env: AlohaSimEnv, episode: int) -> tuple[np.ndarray, int]:
+    """The expert's joint actions for configuration ``episode`` of ``env`` in float32, as a dataset stores them (so
+    replaying the stored actions reproduces the episode), and the highest end-effector reward it reached."""
+    actions, best = expert_joint_trajectory(env.task, env.configuration_seed(episode), env.max_steps)
+    return actions.astype(np.float32), best
+
+
 def expert_episode(env: AlohaSimEnv, episode: int) -> Episode | None:
     """Configuration ``episode`` of ``env``: the expert's joint trajectory replayed there, rendered; the episode if
     the replay succeeds (the recording stops at success), else ``None``."""
-    actions, _ = expert_joint_trajectory(env.task, env.configuration_seed(episode), env.max_steps)
-    actions = actions.astype(np.float32)  # replayed as stored, so the dataset's own actions reproduce the episode
+    actions, _ = expert_actions(env, episode)
     obs = env.reset(episode)
     images, states, done_actions = [], [], []
     for action in actions:
@@ -255,9 +261,8 @@ def success_rate(task: str, configurations: int, seed: int = 0) -> tuple[float, 
     rewards, wins = [], 0
     with AlohaSimEnv(task, seed, resolution=8) as env:
         for e in range(configurations):
-            actions, best = expert_joint_trajectory(task, env.configuration_seed(e))
+            actions, best = expert_actions(env, e)
             rewards.append(best)
-            actions = actions.astype(np.float32)
             env.reset(e)
             for action in actions:
                 if env.step(action, render=False)[2]:
@@ -266,5 +271,5 @@ def success_rate(task: str, configurations: int, seed: int = 0) -> tuple[float, 
     return wins / configurations, rewards
 
 
-__all__ = ["MAX_REWARD", "ScriptedExpert", "expert_episode", "expert_joint_trajectory", "generate_aloha_dataset",
-           "success_rate"]
+__all__ = ["MAX_REWARD", "ScriptedExpert", "expert_actions", "expert_episode", "expert_joint_trajectory",
+           "generate_aloha_dataset", "success_rate"]

@@ -105,7 +105,7 @@ def scalar_stats(result: Mapping[str, Any], prefix: str = "") -> dict[str, float
     return out
 
 
-def _check_actions(actions: Any, where: str, dim: int = mw.ACTION_DIM) -> np.ndarray:
+def _check_actions(actions: Any, where: str, dim: int) -> np.ndarray:
     arr = np.asarray(actions, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != dim:
         raise ValueError(f"{where}: policy must return 'actions' of shape [H>=1, {dim}], got {arr.shape}")

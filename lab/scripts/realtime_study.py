@@ -12,6 +12,9 @@ EqM → inpainting)}. Every (arm, seed, d) is evaluated on the same held-out epi
 of task t), so arms are compared pairwise; results are cached per (arm, seed, d) under ``<out>/runs`` (a rerun
 resumes), checkpoints are the decoder study's (``main`` for seed 42, ``seed<N>`` otherwise; trained if missing).
 
+``<decoder>-trained`` arms use checkpoints trained with committed prefixes (``TRAINED_CONFIGS``: flow = training-time
+RTC, arXiv 2512.05964; EqM = committed rows clean with no loss) and send the committed prefix like ``prefix``.
+
 Writes ``<out>/realtime_study.{json,md,png}``: per (arm, d) success pooled with a Wilson 95% CI, per seed, the
 boundary discontinuity (normalized units), forwards, VJPs and ms per chunk; paired McNemar tests of every method
 against naive at the same d, and of EqM-prefix against flow-prefix; success vs d per arm.
@@ -42,12 +45,26 @@ from pi0_eqm.serving.realtime import OVERLAP_KEY  # noqa: E402
 from pi0_eqm.training.data_config import data_home  # noqa: E402
 
 CONFIGS = {"flow": "pi0_metaworld", "eqm": "pi0_eqm_metaworld"}
-# arm → (decoder, method, decoder-setting overrides); the default settings otherwise (10 forwards, cold start).
-ARMS: dict[str, tuple[str, str, dict]] = {
-    **{f"{dec}-{m}": (dec, m, {}) for dec in CONFIGS for m in METHODS},
-    "eqm-prefix-pull": ("eqm", "prefix", {"inpaint_pull": 0.3}),  # inpainting + a soft pull of the overlap rows
+# Trained with committed prefixes of up to 8 rows (decoder max_delay): flow = training-time RTC, EqM = committed rows
+# clean with no loss (both decode with the committed rows clamped).
+TRAINED_CONFIGS = {"flow": "pi0_rtc_metaworld", "eqm": "pi0_eqm_prefix_metaworld"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    decoder: str  # flow | eqm
+    method: str  # sync | naive | prefix (pi0_eqm.envs.realtime.METHODS)
+    config: str  # the training config of its checkpoints
+    overrides: tuple[tuple[str, object], ...] = ()  # decoder settings; the defaults otherwise (10 forwards, cold)
+
+
+ARMS: dict[str, Arm] = {
+    **{f"{dec}-{m}": Arm(dec, m, CONFIGS[dec]) for dec in CONFIGS for m in METHODS},
+    # inpainting + a soft pull of the overlap rows toward the old plan
+    "eqm-prefix-pull": Arm("eqm", "prefix", CONFIGS["eqm"], (("inpaint_pull", 0.3),)),
+    **{f"{dec}-trained": Arm(dec, "prefix", TRAINED_CONFIGS[dec]) for dec in TRAINED_CONFIGS},
 }
-DEFAULT_ARMS = tuple(a for a in ARMS if a != "eqm-prefix-pull")
+DEFAULT_ARMS = tuple(ARMS)
 
 
 @dataclasses.dataclass
@@ -93,22 +110,22 @@ def run_cell(args: Args, arm: str, seed: int, delay: int, data_path: str, polici
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved
-    decoder, method, overrides = ARMS[arm]
-    if (decoder, seed) not in policies:
-        cfg = bench.configure_run(CONFIGS[decoder], data_path, exp_name=exp_name(seed, args.train_steps), seed=seed,
+    spec = ARMS[arm]
+    if (spec.config, seed) not in policies:
+        cfg = bench.configure_run(spec.config, data_path, exp_name=exp_name(seed, args.train_steps), seed=seed,
                                   train_steps=args.train_steps, batch_size=args.batch_size,
                                   checkpoint_base_dir=args.checkpoint_base_dir, assets_base_dir=args.assets_base_dir)
         bench.train_or_reuse(cfg, False, args.progress)
         policy = bench.load_policy(cfg, cfg.checkpoint_dir, DecoderSettings(executed=args.execute))
         warm_up(policy, cfg.model.image_resolution[0])
-        policies[(decoder, seed)] = (cfg, policy)
-    cfg, policy = policies[(decoder, seed)]
-    policy.settings = DecoderSettings(executed=args.execute, **overrides)
+        policies[(spec.config, seed)] = (cfg, policy)
+    cfg, policy = policies[(spec.config, seed)]
+    policy.settings = DecoderSettings(executed=args.execute, **dict(spec.overrides))
     policy.close(None)  # every cell starts the policy's noise stream afresh
     res = bench.evaluate_policy(policy, episodes_per_task=args.episodes_per_task, replan_every=args.execute,
                                 seed=args.eval_seed, max_steps=args.max_steps, tasks=args.tasks,
                                 resolution=cfg.model.image_resolution[0], progress=args.progress,
-                                realtime=RealtimeConfig(method=method, delay=delay))
+                                realtime=RealtimeConfig(method=spec.method, delay=delay))
     episodes = [{"task": e["task"], "episode": e["episode"], "success": bool(e["success"]), "steps": e["steps"],
                  "jumps": e["jumps"], "forwards": e["stats"].get("solver/iterations", []),
                  "vjps": e["stats"].get("solver/vjps", []), "latency_s": e["latency_s"]} for e in res["episodes"]]
@@ -135,9 +152,11 @@ def outcomes(runs: list[dict]) -> dict[tuple, bool]:
 
 
 def pairs_at(arms: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Every method against naive of the same decoder, and EqM against flow with the same method."""
-    out = [(a, f"{dec}-naive") for a, (dec, m, _) in ARMS.items() if m != "naive"]
-    out += [(f"eqm-{m}", f"flow-{m}") for m in METHODS] + [("eqm-prefix-pull", "flow-prefix")]
+    """Every method against naive of the same decoder, EqM against flow with the same method, and each trained-prefix
+    arm against its decoder's inference-time prefix method."""
+    out = [(a, f"{spec.decoder}-naive") for a, spec in ARMS.items() if spec.method != "naive"]
+    out += [(f"eqm-{m}", f"flow-{m}") for m in (*METHODS, "trained")] + [("eqm-prefix-pull", "flow-prefix")]
+    out += [(f"{dec}-trained", f"{dec}-prefix") for dec in TRAINED_CONFIGS]
     return [(a, b) for a, b in out if a in arms and b in arms]
 
 
@@ -166,16 +185,18 @@ def plot(path: Path, summary: dict, arms, delays) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     styles = {"flow": ("tab:blue", "--"), "eqm": ("tab:orange", "-")}
-    markers = {"sync": "s", "naive": "o", "prefix": "^"}
-    for arm in arms:
-        dec, m, overrides = ARMS[arm]
+    markers = {"sync": "s", "naive": "o", "prefix": "^", "trained": "D"}
+    for i, arm in enumerate(arms):
+        spec = ARMS[arm]
+        dec, m, overrides = spec.decoder, arm.split("-")[1], spec.overrides
         ds = [d for d in delays if (arm, d) in summary]
         ys = [summary[(arm, d)]["success_rate"] for d in ds]
         err = np.array([[y - summary[(arm, d)]["ci95"][0], summary[(arm, d)]["ci95"][1] - y]
                         for d, y in zip(ds, ys, strict=True)]).T
         color, line = styles[dec]
-        shift = 0.08 * (list(METHODS).index(m) - 1) + (0.04 if overrides else 0.0)
-        ax.errorbar(np.array(ds) + shift, ys, yerr=err, color=color, linestyle=":" if overrides else line,
+        shift = 0.06 * (i - len(arms) / 2)
+        style = ":" if overrides else ("-." if m == "trained" else line)
+        ax.errorbar(np.array(ds) + shift, ys, yerr=err, color=color, linestyle=style,
                     marker=markers[m], capsize=3, label=arm)
     ax.set_xlabel("inference delay d (control steps)")
     ax.set_ylabel("success (pooled, Wilson 95% CI)")

@@ -90,7 +90,7 @@ def test_tiny_pi0_training_reduces_loss_and_decodes(decoder):
     # Held-out loss on a fixed batch with fixed noise, before (the same seed's init) vs after training.
     obs, actions, _ = toy_data.make_batch(cfg, 64, np.random.default_rng(123))
     keys = jax.random.split(jax.random.key(0), 4)
-    held_out = jax.jit(lambda p: jnp.mean(jax.lax.map(lambda k: dec.loss(p, obs, actions, k), keys)))
+    held_out = jax.jit(lambda p: jnp.mean(jax.lax.map(lambda k: dec.loss(p, obs, actions, k)[0], keys)))
     before, after = float(held_out(toy.init_params(cfg, seed=0))), float(held_out(params))
     assert after < 0.85 * before, (before, after)
     obs, _, _ = toy_data.make_batch(cfg, 5, np.random.default_rng(0))
@@ -132,10 +132,10 @@ def test_real_dim_loss_ignores_padded_dims_and_decoding_keeps_them_zero():
                        image_resolution=(16, 16), action_horizon=4)
     dec = make_decoder(cfg)
     obs, actions, _ = toy_data.make_batch(cfg, 4, np.random.default_rng(0))
-    x, _, target = dec.training_example(actions, jax.random.key(1))
-    assert np.all(np.asarray(x)[..., 4:] == 0) and np.all(np.asarray(target)[..., 4:] == 0)
+    x, _, target, loss_mask = dec.training_example(actions, jax.random.key(1))
+    assert np.all(np.asarray(x)[..., 4:] == 0) and np.all(np.asarray(target)[..., 4:] == 0) and loss_mask is None
     params = cfg.init(jax.random.key(0))
-    loss = dec.loss(params, obs, actions, jax.random.key(1))
+    loss, _ = dec.loss(params, obs, actions, jax.random.key(1))
     # The per-token loss is the mean over the 4 real dims of the squared field error.
     from pi0_eqm.models.pi0 import Pi0
 

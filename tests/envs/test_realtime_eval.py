@@ -114,4 +114,5 @@ def test_real_simulator_simulated_and_wall_clock():
         ep = res["episodes"][0]
         assert ep["steps"] == 40 or ep["success"]
         assert ep["delays"] and all(d >= 0 for d in ep["delays"])
+        assert ep["jumps"] and all(j >= 0 for j in ep["jumps"]) and ep["late"] >= 0
         assert res["config"]["realtime"]["method"] == rt.method

@@ -3,18 +3,26 @@ committed rows come back as sent (EqM clamps them in model space; robot space to
 decode serves every delay, a prefix never crosses an episode boundary, bad prefixes are error frames, and the
 metadata frame declares what the checkpoint supports."""
 
+import dataclasses
+import time
+
 import numpy as np
 import pytest
 
+from pi0_eqm.data.normalize import load_norm_stats
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.errors import InvalidRequestError
+from pi0_eqm.models.decoder_config import FlowConfig
 from pi0_eqm.policies.episodes import EpisodeDetection
 from pi0_eqm.policies.policy_config import create_trained_policy
+from pi0_eqm.policies.policy_config import policy_from_params
 from pi0_eqm.robots import LIBERO
 from pi0_eqm.serving.client import WebsocketClientPolicy
 from pi0_eqm.serving.realtime import COMMITTED_KEY
 from pi0_eqm.serving.realtime import OVERLAP_KEY
+from pi0_eqm.serving.realtime import AsyncChunkBroker
 from pi0_eqm.serving.server import PolicyServer
+from pi0_eqm.training.params_io import restore_params
 from tests.policies.conftest import libero_obs
 
 
@@ -86,5 +94,41 @@ def test_server_validates_and_serves_prefixes(policy):
                 client.infer({**obs, COMMITTED_KEY: np.full((2, 7), np.inf, np.float32)})
             out = client.infer({**obs, COMMITTED_KEY: chunk[4:6]})  # the connection keeps serving
             np.testing.assert_allclose(out["actions"][:2], chunk[4:6], atol=1e-5)
+    finally:
+        server.stop()
+
+
+def test_a_prefix_trained_checkpoint_declares_and_enforces_its_max_delay(trained_libero):
+    """The same params served as a flow decoder trained with committed prefixes of up to 3 rows (the parameter tree is
+    π₀'s either way): the metadata frame says so, 3 committed rows come back as sent with no VJPs, 4 are an error
+    frame naming the limit, and the async broker sends at most the declared rows."""
+    cfg, step_dir = trained_libero
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, decoder=FlowConfig(max_delay=3)))
+    pol = policy_from_params(cfg, restore_params(step_dir / "params"),
+                             load_norm_stats(step_dir / "assets" / cfg.data.asset_id))
+    pol.episodes = EpisodeDetection(state_jump=None, gap_s=None, gap_factor=None)
+    assert pol.serving_metadata()["realtime"] == {"prefix_method": "rtc_trained", "max_delay": 3,
+                                                  "prefix_trained": 3,
+                                                  "request_keys": [COMMITTED_KEY, OVERLAP_KEY]}
+    server = PolicyServer(pol, host="127.0.0.1", port=0, schema=LIBERO.schema(), metadata=pol.serving_metadata())
+    port = server.start()
+    try:
+        with WebsocketClientPolicy(port=port) as client:
+            obs = libero_obs(np.random.default_rng(6))
+            chunk = client.infer(dict(obs))["actions"]
+            out = client.infer({**obs, COMMITTED_KEY: chunk[4:7], OVERLAP_KEY: chunk[7:9]})
+            np.testing.assert_allclose(out["actions"][:3], chunk[4:7], atol=1e-5)
+            assert out["solver"]["prefix_method"] == "rtc_trained" and out["solver"]["vjps"] == 0
+            with pytest.raises(RuntimeError, match="trained with at most 3 committed rows"):
+                client.infer({**obs, COMMITTED_KEY: chunk[4:8]})
+            broker = AsyncChunkBroker(client, execute=4, expected_delay=6)
+            assert broker.max_committed == 3  # read from the metadata frame
+            for _ in range(len(chunk) - 1):  # chunk 1 is requested at row 4 with min(6, 3) committed rows
+                broker.infer(dict(obs))
+                if len(broker.records) == 2:
+                    break
+                time.sleep(0.3)
+            broker.close()
+            assert not broker.errors and [r.committed_sent for r in broker.records] == [0, 3]
     finally:
         server.stop()

@@ -53,6 +53,7 @@ def test_switches_at_the_measured_delay_and_sends_the_expected_prefix():
     got.append(step(b, 6))  # the reply arrived 3 steps after the request: chunk 1 from row 3
     assert got[-2:] == pytest.approx([0.05, 1.03])
     assert [r.delay for r in b.records] == [0, 3]
+    assert b.records[0].replaced is None and b.records[1].replaced[0] == pytest.approx(0.06)  # A_0[6]: replaced
     b.close()
 
 

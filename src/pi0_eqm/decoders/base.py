@@ -2,13 +2,15 @@
 
 A decoder (``Decoder`` below; one class per ``kind``, registered in ``pi0_eqm.decoders.DECODERS``) has two faces:
 
-* training: ``training_example(actions, rng) -> (x, t, target)`` and ``loss(params, obs, actions, rng) -> [B, H]``
-  (one uncached forward over prefix + suffix);
+* training: ``training_example(actions, rng) -> (x, t, target, loss_mask)`` and ``loss(params, obs, actions, rng)
+  -> (per-token loss [B, H], loss_mask [B, H] | None)`` (one uncached forward over prefix + suffix; ``loss_mask`` is
+  False on rows that carry no loss: the committed rows of training-time real-time chunking, ``max_delay``);
 * inference: ``resolve(DecoderSettings) -> DecodeSettings`` (every field filled from the request, the preset or the
   config), ``traced(DecodeSettings)`` (the values a compiled decode takes as arguments) and ``decode(params, obs, rng,
   *, init=None, settings=None, prefix=None, record=False) -> (actions, DecodeStats)``: compute the prefix KV cache
   once, then iterate only the action expert against it; ``prefix`` (``decoders.realtime.Prefix``) is the committed
-  prefix and overlap of real-time chunking, which the decoder honours in its own way (``prefix_method``).
+  prefix and overlap of real-time chunking, which the decoder honours in its own way (``prefix_method``; a decoder
+  trained with committed prefixes, ``prefix_trained`` > 0, takes at most that many committed rows).
 
 Callers use only these members; none branches on which decoder runs.
 """
@@ -60,17 +62,20 @@ class DecodeSettings:
 class Decoder(Protocol):
     kind: ClassVar[str]  # the ``kind`` of the decoder config it runs ("flow", "eqm")
     warm_starts: ClassVar[bool]  # whether ``decode(init=...)`` may be seeded from the previous chunk
-    prefix_method: ClassVar[str]  # what ``decode(prefix=...)`` does: "rtc_guided" (flow), "inpaint" (EqM)
+    prefix_method: str  # what ``decode(prefix=...)`` does: "rtc_guided" / "rtc_trained" (flow), "inpaint" (EqM)
+    prefix_trained: int  # the decoder config's ``max_delay``: committed rows per training chunk (0: none)
     config: Pi0Config
     model: Pi0
 
-    def training_example(self, actions: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]: ...
+    def training_example(self, actions: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array,
+                                                                             jax.Array | None]: ...
 
     def resolve(self, settings: DecoderSettings) -> DecodeSettings: ...
 
     def traced(self, settings: DecodeSettings) -> dict[str, np.ndarray]: ...
 
-    def loss(self, params: Any, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array: ...
+    def loss(self, params: Any, obs: Observation, actions: jax.Array,
+             rng: jax.Array) -> tuple[jax.Array, jax.Array | None]: ...
 
     def decode(
         self,

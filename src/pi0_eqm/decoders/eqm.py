@@ -3,6 +3,10 @@
 Training (openpi variables, γ = 1 − t): γ ~ U(0, 1) (or a mixture with U(a, 1), ``gamma_sampling``),
 x = γ·A + (1−γ)·ε, target (ε − A)·c(γ) with c(γ) = λ·min(1, (1−γ)/(1−a)), λ = 4, a = 0.8. The field gets no time input: the existing time path is fed t ≡ 0, so the
 parameter tree is identical to π₀'s and openpi checkpoints load unchanged.
+
+With ``max_delay`` > 0 (training with a committed prefix) each training chunk's first d ~ U{0, …, max_delay} rows
+are clean (γ = 1) and carry no loss: the field learns the free rows given clean committed rows, which is what the
+solver's inpainting (committed rows clamped) shows it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.base import DecodeStats
 from pi0_eqm.decoders.realtime import Prefix
+from pi0_eqm.decoders.realtime import sample_committed
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.solver import solve
 from pi0_eqm.models.decoder_config import EqmConfig
@@ -70,6 +75,7 @@ class EqmDecoder:
         self.model = Pi0(config)
         # loss_dims="real": padded dims stay zero in training and in the solver.
         self._real_mask = config.action_dim_mask() if self.eqm.loss_dims == "real" else None
+        self.prefix_trained = config.decoder.max_delay  # committed rows trained with (0: none)
 
     def resolve(self, settings: DecoderSettings) -> DecodeSettings:
         """Every solver field: the explicit setting, else the preset's, else the config's solver's."""
@@ -91,17 +97,26 @@ class EqmDecoder:
                 "guard": np.bool_(settings.guard)}
 
     def training_example(self, actions: jax.Array, rng: jax.Array):
-        """``(x_γ, t ≡ 0, target)``: the field has no time input, so the time path is fed zeros."""
+        """``(x_γ, t ≡ 0, target, loss_mask)``: the field has no time input, so the time path is fed zeros. With
+        ``max_delay`` the committed rows of x_γ are the clean actions and ``loss_mask`` ``[B, H]`` is False on them;
+        otherwise ``loss_mask`` is None."""
         x, target = eqm_training_pair(actions, rng, self.eqm, self._real_mask)
-        return x, jnp.zeros((actions.shape[0],), jnp.float32), target
+        loss_mask = None
+        if self.prefix_trained:
+            b, h = actions.shape[:2]
+            committed = sample_committed(jax.random.fold_in(rng, 1), b, h, self.prefix_trained)
+            clean = actions if self._real_mask is None else actions * self._real_mask.astype(actions.dtype)
+            x, loss_mask = jnp.where(committed[..., None], clean, x), ~committed
+        return x, jnp.zeros((actions.shape[0],), jnp.float32), target, loss_mask
 
-    def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array:
-        x, zero_t, target = self.training_example(actions, rng)
+    def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array):
+        """``(per-token loss [B, H], loss_mask [B, H] | None)``."""
+        x, zero_t, target, loss_mask = self.training_example(actions, rng)
         f = self.model.apply({"params": params}, obs, x, zero_t, method=Pi0.full_field)
         if self._real_mask is None:
-            return jnp.mean(jnp.square(f - target), axis=-1)
+            return jnp.mean(jnp.square(f - target), axis=-1), loss_mask
         m = self._real_mask.astype(f.dtype)
-        return jnp.sum(jnp.square(f - target) * m, axis=-1) / jnp.sum(m)
+        return jnp.sum(jnp.square(f - target) * m, axis=-1) / jnp.sum(m), loss_mask
 
     def field_fn(self, params, obs: Observation):
         """Computes the prefix KV cache once; returns ``f(A)`` evaluating only the action expert."""

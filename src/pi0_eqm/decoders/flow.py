@@ -1,8 +1,14 @@
 """openpi flow-matching decoder: t = 1 noise, x_t = t·ε + (1−t)·A, target ε − A, Euler from t = 1 to t = 0.
 
-With a ``Prefix`` (``decoders.realtime``) every Euler step is RTC's guided inpainting (Black, Galliker, Levine 2025,
-Algorithm 1) in openpi's time direction: Â(x) = x − t·v(x) is the predicted chunk, g = (∂Â/∂x)ᵀ (W ⊙ (Y − Â)) one
-VJP through the action expert, and the step uses v − w·g with w = min(β, (1−τ)/(τ r_τ²)), τ = 1 − t (RTC's time).
+With a ``Prefix`` (``decoders.realtime``) the committed rows are honoured in one of two ways:
+
+* ``rtc_guided`` (``max_delay`` 0, any openpi checkpoint): every Euler step is RTC's guided inpainting (Black,
+  Galliker, Levine 2025, Algorithm 1) in openpi's time direction: Â(x) = x − t·v(x) is the predicted chunk,
+  g = (∂Â/∂x)ᵀ (W ⊙ (Y − Â)) one VJP through the action expert, and the step uses v − w·g with
+  w = min(β, (1−τ)/(τ r_τ²)), τ = 1 − t (RTC's time);
+* ``rtc_trained`` (``max_delay`` > 0, training-time RTC, arXiv 2512.05964): the model was trained with per-token
+  time, committed rows clean (t = 0, no loss); every Euler step sets the committed rows to the committed actions with
+  time 0 and integrates the others. No VJP; the overlap weights are not used.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.base import DecodeStats
 from pi0_eqm.decoders.realtime import Prefix
 from pi0_eqm.decoders.realtime import rtc_guidance_weight
+from pi0_eqm.decoders.realtime import sample_committed
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.solver import normalized_residual
 from pi0_eqm.models.decoder_config import FlowConfig
@@ -28,7 +35,6 @@ from pi0_eqm.models.pi0 import Pi0Config
 class FlowDecoder:
     kind: ClassVar[str] = "flow"
     warm_starts: ClassVar[bool] = False
-    prefix_method: ClassVar[str] = "rtc_guided"  # what decode(prefix=...) does (decoders.realtime)
 
     def __init__(self, config: Pi0Config):
         if not isinstance(config.decoder, FlowConfig):
@@ -36,6 +42,8 @@ class FlowDecoder:
         self.config = config
         self.flow = config.decoder
         self.model = Pi0(config)
+        self.prefix_trained = config.decoder.max_delay  # committed rows trained with (0: none)
+        self.prefix_method = "rtc_trained" if self.prefix_trained else "rtc_guided"  # what decode(prefix=...) does
 
     def resolve(self, settings: DecoderSettings) -> DecodeSettings:
         """Only the step budget applies to flow: ``max_iters`` Euler steps (default: the config's ``num_steps``)."""
@@ -49,17 +57,25 @@ class FlowDecoder:
         return jax.random.beta(rng, f.beta_a, f.beta_b, (batch_size,)) * (1 - f.time_min) + f.time_min
 
     def training_example(self, actions: jax.Array, rng: jax.Array):
-        """``(x_t, t, u_t)``: noisy chunk, its time and the velocity target ε − A."""
+        """``(x_t, t, u_t, loss_mask)``: noisy chunk, its time and the velocity target ε − A. With ``max_delay`` the
+        time is per token (``[B, H]``), 0 on the committed rows (so x_t = A there) and ``loss_mask`` ``[B, H]`` is
+        False on them; otherwise ``t`` is ``[B]`` and ``loss_mask`` None."""
         noise_rng, time_rng = jax.random.split(rng)
         noise = jax.random.normal(noise_rng, actions.shape)
         t = self.sample_time(time_rng, actions.shape[0])
-        te = t[:, None, None]
-        return te * noise + (1 - te) * actions, t, noise - actions
+        loss_mask = None
+        if self.prefix_trained:
+            b, h = actions.shape[:2]
+            committed = sample_committed(jax.random.fold_in(rng, 1), b, h, self.prefix_trained)
+            t, loss_mask = jnp.where(committed, 0.0, t[:, None]), ~committed
+        te = t.reshape(t.shape + (1,) * (actions.ndim - t.ndim))
+        return te * noise + (1 - te) * actions, t, noise - actions, loss_mask
 
-    def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array) -> jax.Array:
-        x_t, t, u_t = self.training_example(actions, rng)
+    def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array):
+        """``(per-token loss [B, H], loss_mask [B, H] | None)``."""
+        x_t, t, u_t, loss_mask = self.training_example(actions, rng)
         v_t = self.model.apply({"params": params}, obs, x_t, t, method=Pi0.full_field)
-        return jnp.mean(jnp.square(v_t - u_t), axis=-1)
+        return jnp.mean(jnp.square(v_t - u_t), axis=-1), loss_mask
 
     def decode(self, params, obs: Observation, rng: jax.Array, *, init=None, settings: DecodeSettings | None = None,
                prefix: Prefix | None = None, record: bool = False):
@@ -76,15 +92,22 @@ class FlowDecoder:
         dt = -1.0 / n.astype(jnp.float32)
 
         def velocity(x, t):
-            return self.model.apply(variables, kv_cache, prefix_mask, obs.state, x, jnp.broadcast_to(t, (b,)),
-                                    method=Pi0.expert_field)
+            t = jnp.broadcast_to(t, (b,)) if jnp.ndim(t) == 0 else t  # [B] or per token [B, H]
+            return self.model.apply(variables, kv_cache, prefix_mask, obs.state, x, t, method=Pi0.expert_field)
 
         dim_mask = cfg.action_dim_mask().astype(jnp.float32)
+        if prefix is not None and self.prefix_trained:
+            committed = prefix.committed[..., None]
+            y = prefix.actions.astype(jnp.float32)
+            x0 = jnp.where(committed, y, x0)
 
         def step(carry, _):
             x, t, _ = carry
             if prefix is None:
                 v = velocity(x, t)
+                return (x + dt * v, t + dt, v), (x if record else None)
+            if self.prefix_trained:  # training-time RTC: committed rows clean (time 0), the others integrated
+                v = jnp.where(committed, 0.0, velocity(x, jnp.where(prefix.committed, 0.0, t)))
                 return (x + dt * v, t + dt, v), (x if record else None)
             v, vjp_fn = jax.vjp(lambda y: velocity(y, t), x)
             a_hat = x - t * v
@@ -102,7 +125,7 @@ class FlowDecoder:
             x, _, v_last = jax.lax.fori_loop(0, n, lambda _, c: step(c, None)[0], carry0)
         stats = DecodeStats(
             iterations=jnp.full((b,), n, jnp.int32),
-            vjps=jnp.full((b,), n if prefix is not None else 0, jnp.int32),
+            vjps=jnp.full((b,), n if prefix is not None and not self.prefix_trained else 0, jnp.int32),
             residual=normalized_residual(v_last, cfg.action_dim_mask()),
             converged=jnp.ones((b,), bool),
         )

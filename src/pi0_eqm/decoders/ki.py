@@ -18,14 +18,15 @@ from pi0_eqm.models.pi0 import Pi0
 
 
 def ki_losses(decoder, params, obs: Observation, actions: jax.Array, rng: jax.Array):
-    """→ ``(action_loss [B, H], fast_ce [B, F−1], fast_correct [B, F−1], fast_loss_mask [B, F−1])``."""
+    """→ ``(action_loss [B, H], action_loss_mask [B, H] | None, fast_ce [B, F−1], fast_correct [B, F−1],
+    fast_loss_mask [B, F−1])``."""
     ki = decoder.config.ki
     if ki is None:
         raise ValueError("ki_losses needs a model config with ki set")
     if obs.fast_tokens is None or obs.fast_mask is None:
         raise ValueError("knowledge insulation needs FAST tokens in the batch (observation.fast_tokens / fast_mask); "
                          "the data config adds them when the model config has ki set")
-    x, t, target = decoder.training_example(actions, rng)
+    x, t, target, action_mask = decoder.training_example(actions, rng)
     tokens, mask = obs.fast_tokens, obs.fast_mask.astype(bool)
     field, logits = decoder.model.apply({"params": params}, obs, tokens[:, :-1], mask[:, :-1], x, t,
                                         stop_gradient=ki.stop_gradient, method=Pi0.ki_forward)
@@ -33,7 +34,7 @@ def ki_losses(decoder, params, obs: Observation, actions: jax.Array, rng: jax.Ar
     targets = tokens[:, 1:]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     correct = jnp.argmax(logits, axis=-1) == targets
-    return action_loss, ce, correct, mask[:, 1:]
+    return action_loss, action_mask, ce, correct, mask[:, 1:]
 
 
 def fast_generate(decoder, params, obs: Observation, max_len: int | None = None) -> tuple[jax.Array, jax.Array]:

@@ -14,7 +14,8 @@ chunk k's first ``d`` rows are already decided: the **committed prefix** ``A_{k�
     c_i = (d + m − i) / (m + 1)
 
 (Black, Galliker, Levine 2025, "Real-Time Execution of Action Chunking Flow Policies", eq. 5, with ``d + m = H − s``.)
-What a decoder does with it is its own: flow follows RTC's guided inpainting (one VJP per Euler step), EqM clamps the
+What a decoder does with it is its own: flow follows RTC's guided inpainting (one VJP per Euler step) or, trained
+with committed prefixes (``max_delay``, ``sample_committed``), conditions on them with per-token time; EqM clamps the
 committed rows inside its solver and optionally pulls the overlap rows toward the old plan.
 """
 
@@ -50,6 +51,13 @@ def prefix_weights(horizon: int, delay: int, overlap: int) -> np.ndarray:
         c = (delay + overlap - i) / (overlap + 1)
         w[delay:delay + overlap] = c * np.expm1(c) / np.expm1(1.0)
     return w
+
+
+def sample_committed(rng: jax.Array, batch_size: int, horizon: int, max_delay: int) -> jax.Array:
+    """``bool [B, H]``: the committed rows of a training chunk, its first d rows with d ~ U{0, …, max_delay} per
+    sample (training-time real-time chunking)."""
+    d = jax.random.randint(rng, (batch_size,), 0, max_delay + 1)
+    return jnp.arange(horizon)[None, :] < d[:, None]
 
 
 def clamp_committed(a: jax.Array, prefix: Prefix | None) -> jax.Array:

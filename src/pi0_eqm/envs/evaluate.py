@@ -157,6 +157,7 @@ class _EpisodeLog:
     jumps: list[float] = dataclasses.field(default_factory=list)  # real-time: discontinuity per chunk boundary
     delays: list[int] = dataclasses.field(default_factory=list)  # real-time: the delay of each chunk (control steps)
     broker_errors: list[str] = dataclasses.field(default_factory=list)
+    late: int = 0  # wall-clock: chunks that ran out before their successor arrived
 
     def record(self) -> dict[str, Any]:
         return {
@@ -176,6 +177,7 @@ class _EpisodeLog:
             "jump_mean": _mean(self.jumps),
             "delays": self.delays,
             "broker_errors": self.broker_errors,
+            "late": self.late,
         }
 
 
@@ -252,7 +254,7 @@ def _realtime_episode(policy, env, episode, execute, frames, frame_scale, rt, no
             log.delays.append(delay)
 
         try:
-            rtm.wall_clock_episode(policy, runner, execute, rt, on_reply, log)
+            rtm.wall_clock_episode(policy, runner, execute, rt, on_reply, log, normalize)
         except rtm.ChunkExhaustedError as e:
             log.broker_errors.append(str(e))
     else:

@@ -119,20 +119,34 @@ def simulated_episode(runner: Runner, infer: Callable[[dict], np.ndarray], execu
                 return
         j = 0 if rt.method == "sync" else d
         if s + j < h:
-            old, nxt = chunk[s + j:s + j + 1], new[j:j + 1]
-            if normalize is not None:
-                old, nxt = normalize(state, old), normalize(state, nxt)
-            jumps.append(float(np.linalg.norm(np.asarray(nxt)[0, :mw.ACTION_DIM] - np.asarray(old)[0, :mw.ACTION_DIM])))
+            jumps.append(_jump(new[j:j + 1], chunk[s + j:s + j + 1], state, normalize))
         chunk, p = new, j
 
 
+def _jump(new_row: np.ndarray, old_row: np.ndarray, state: np.ndarray, normalize: Normalize | None) -> float:
+    """‖new − old‖ over the real action dims of two ``[1, action_dim]`` rows, normalized when ``normalize`` is given."""
+    if normalize is not None:
+        old_row, new_row = normalize(state, old_row), normalize(state, new_row)
+    return float(np.linalg.norm(np.asarray(new_row)[0, :mw.ACTION_DIM] - np.asarray(old_row)[0, :mw.ACTION_DIM]))
+
+
 def wall_clock_episode(policy: Any, runner: Runner, execute: int, rt: RealtimeConfig,
-                       on_reply: Callable[[dict, float, int], None], log: Any) -> None:
+                       on_reply: Callable[[dict, float, int], None], log: Any,
+                       normalize: Normalize | None = None) -> None:
     """The env at ``rt.control_hz``; inference in the background through ``AsyncChunkBroker``;
-    ``on_reply(reply, seconds, measured delay)`` per chunk."""
+    ``on_reply(reply, seconds, measured delay)`` per chunk. Appends to ``log.jumps`` the discontinuity at each switch
+    (the new chunk's row at the measured delay against the old chunk's row it replaced) and sets ``log.late`` and
+    ``log.broker_errors``."""
+
+    def on_chunk(rec) -> None:
+        on_reply(rec.reply, rec.round_trip_ms / 1e3, rec.delay)
+        if rec.replaced is not None:
+            state = np.asarray(runner.obs[mw.STATE_KEY], np.float32)
+            log.jumps.append(_jump(np.asarray(rec.reply["actions"])[rec.delay:rec.delay + 1],
+                                   np.asarray(rec.replaced)[None], state, normalize))
+
     broker = AsyncChunkBroker(policy, execute=execute, expected_delay=rt.expected_delay,
-                              send_prefix=rt.method == "prefix", send_overlap=rt.send_overlap,
-                              on_chunk=lambda rec: on_reply(rec.reply, rec.round_trip_ms / 1e3, rec.delay))
+                              send_prefix=rt.method == "prefix", send_overlap=rt.send_overlap, on_chunk=on_chunk)
     period = 1.0 / rt.control_hz
     try:
         next_tick = time.perf_counter()
@@ -146,4 +160,5 @@ def wall_clock_episode(policy: Any, runner: Runner, execute: int, rt: RealtimeCo
                 time.sleep(wait)
     finally:
         log.broker_errors = list(broker.errors)
+        log.late = broker.late
         broker.close()

@@ -26,6 +26,19 @@ class FlowConfig:
     beta_a: float = 1.5
     beta_b: float = 1.0
     time_min: float = 0.001  # t = Beta(a, b)·(1 − time_min) + time_min
+    # Training-time real-time chunking (arXiv 2512.05964): each training chunk's first d ~ U{0, …, max_delay} rows
+    # are committed (clean: time 0 per token, no loss); decoding then conditions on the committed prefix the same way
+    # instead of RTC's guidance, and a request with more committed rows is refused. 0: off (openpi's training).
+    max_delay: int = 0
+
+    def __post_init__(self):
+        check_max_delay(self.max_delay)
+
+
+def check_max_delay(max_delay) -> None:
+    """Raises ``ValueError`` unless ``max_delay`` (committed rows trained with) is an int >= 0."""
+    if isinstance(max_delay, bool) or not isinstance(max_delay, int) or max_delay < 0:
+        raise ValueError(f"max_delay must be an int >= 0 (committed rows per training chunk), got {max_delay!r}")
 
 
 SOLVER_VARIANTS: tuple[str, ...] = get_args(SolverVariant)
@@ -123,8 +136,13 @@ class EqmConfig:
     data_fraction: float = 0.5  # "data_mixture": share of the batch with γ ~ U(a, 1)
     loss_dims: LossDims = "all"
     solver: SolverConfig = dataclasses.field(default_factory=SolverConfig)
+    # Training with a committed prefix: each training chunk's first d ~ U{0, …, max_delay} rows are clean (γ = 1)
+    # and carry no loss, as the committed rows are clamped when decoding; a request with more committed rows is
+    # refused. 0: off.
+    max_delay: int = 0
 
     def __post_init__(self):
+        check_max_delay(self.max_delay)
         check_choice("gamma_sampling", self.gamma_sampling, GammaSampling)
         check_choice("loss_dims", self.loss_dims, LossDims)
         if not 0 <= self.data_fraction <= 1:

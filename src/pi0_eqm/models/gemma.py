@@ -13,9 +13,9 @@ computes its own q/k/v, the streams are concatenated along the sequence axis in 
 under the given mask, and the output is split back and projected per expert. A KV cache (per layer ``k, v`` of shape
 ``[L, B, S, K, H]``) lets the prefix be computed once and reused for every decoder iteration.
 
-π₀.5's adaRMS: an expert given a conditioning vector ``cond [B, C]`` (``adarms_cond[i]``) replaces each of its norms'
-``scale`` by ``Dense_0 (C → 3·D, zero-initialised)(cond) → scale, shift, gate``: the norm returns
-``normed·(1 + scale) + shift`` and its residual branch is multiplied by ``gate`` (openpi's ``_gated_residual``).
+π₀.5's adaRMS: an expert given a conditioning vector ``cond [B, C]`` or ``[B, T, C]`` (one per token;
+``adarms_cond[i]``) replaces each of its norms' ``scale`` by ``Dense_0 (C → 3·D, zero-initialised)(cond) → scale,
+shift, gate``: the norm returns ``normed·(1 + scale) + shift`` and its residual branch is multiplied by ``gate`` (openpi's ``_gated_residual``).
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ class RMSNorm(nn.Module):
             scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],))
             return (normed * (1 + scale.astype(jnp.float32))).astype(dtype), None
         modulation = nn.Dense(3 * x.shape[-1], kernel_init=nn.initializers.zeros, dtype=dtype, name="Dense_0")(cond)
-        scale, shift, gate = jnp.split(modulation[:, None, :], 3, axis=-1)
+        if modulation.ndim == 2:  # one condition per sample ([B, C]); [B, T, C] is one per token
+            modulation = modulation[:, None, :]
+        scale, shift, gate = jnp.split(modulation, 3, axis=-1)
         return (normed * (1 + scale) + shift).astype(dtype), gate
 
 

@@ -80,12 +80,13 @@ def make_attn_mask(input_mask: jax.Array, mask_ar: jax.Array) -> jax.Array:
 
 
 def posemb_sincos(pos: jax.Array, embedding_dim: int, min_period: float, max_period: float) -> jax.Array:
-    """Sine-cosine embedding of scalar positions ``[B]`` (openpi: periods 4e-3 .. 4.0 for the flow time)."""
+    """Sine-cosine embedding of scalar positions ``[...]`` → ``[..., embedding_dim]`` (openpi: periods 4e-3 .. 4.0
+    for the flow time; ``[B]`` per sample, ``[B, H]`` per action token)."""
     if embedding_dim % 2:
         raise ValueError(f"embedding_dim ({embedding_dim}) must be divisible by 2")
     fraction = jnp.linspace(0.0, 1.0, embedding_dim // 2)
     period = min_period * (max_period / min_period) ** fraction
     sinusoid_input = jnp.einsum(
-        "i,j->ij", pos, 1.0 / period * 2 * jnp.pi, precision=jax.lax.Precision.HIGHEST
+        "...,j->...j", pos, 1.0 / period * 2 * jnp.pi, precision=jax.lax.Precision.HIGHEST
     )
     return jnp.concatenate([jnp.sin(sinusoid_input), jnp.cos(sinusoid_input)], axis=-1)

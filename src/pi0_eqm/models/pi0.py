@@ -85,6 +85,9 @@ class Pi0Config:
             raise TypeError(f"decoder must be a decoder config with a string `kind`, got {type(self.decoder).__name__}")
         if self.ki is not None:
             FastTokenLayout.of(self.vocab_size, self.ki)
+        if getattr(self.decoder, "max_delay", 0) >= self.action_horizon:
+            raise ValueError(f"decoder max_delay ({self.decoder.max_delay}) must leave a free row of the "
+                             f"{self.action_horizon}-step chunk (< action_horizon)")
 
     @property
     def state_in_prompt(self) -> bool:
@@ -198,9 +201,14 @@ class Pi0(nn.Module):
         return tokens, input_mask, ar_mask
 
     def embed_suffix(self, state: jax.Array, x: jax.Array, time: jax.Array):
-        """Suffix tokens, input mask, ar mask and the expert's adaRMS condition (``None`` for π₀)."""
+        """Suffix tokens, input mask, ar mask and the expert's adaRMS condition (``None`` for π₀).
+
+        ``time`` is ``[B]`` (one flow time per chunk, openpi) or ``[B, H]`` (one per action token: training-time
+        real-time chunking gives the committed rows time 0); π₀.5's adaRMS condition is then per token too."""
         cfg = self.config
         b, h, _ = x.shape
+        if time.shape not in ((b,), (b, h)):
+            raise ValueError(f"time must be [B] or [B, H] = {(b,)} or {(b, h)}, got {time.shape}")
         action_tokens = self.action_in_proj(x.astype(jnp.float32))
         time_emb = posemb_sincos(time.astype(jnp.float32), cfg.expert_config.width, 4e-3, 4.0)
         if cfg.pi05:
@@ -208,7 +216,9 @@ class Pi0(nn.Module):
             ar_mask = jnp.array([True] + [False] * (h - 1))
             return action_tokens, jnp.ones((b, h), dtype=bool), ar_mask, cond
         state_token = self.state_proj(state.astype(jnp.float32))[:, None, :]
-        time_tokens = jnp.broadcast_to(time_emb[:, None, :], (b, h, time_emb.shape[-1]))
+        if time_emb.ndim == 2:
+            time_emb = time_emb[:, None, :]
+        time_tokens = jnp.broadcast_to(time_emb, (b, h, time_emb.shape[-1]))
         action_time = jnp.concatenate([action_tokens, time_tokens], axis=-1)
         action_time = self.action_time_mlp_out(nn.swish(self.action_time_mlp_in(action_time)))
         tokens = jnp.concatenate([state_token, action_time], axis=1)

@@ -178,7 +178,13 @@ class Policy:
                 "warm_start": self.settings.warm_start if self.decoder.warm_starts else "off",
                 "new_episode_detection": self.episodes.describe(), "action_horizon": self.config.action_horizon,
                 "realtime": {"prefix_method": self.decoder.prefix_method, "request_keys": [COMMITTED_KEY, OVERLAP_KEY],
-                             "max_delay": self.config.action_horizon - 1}}
+                             "max_delay": self.max_delay, "prefix_trained": self.decoder.prefix_trained}}
+
+    @property
+    def max_delay(self) -> int:
+        """The most committed rows a request may carry: the decoder's training ``max_delay`` for a checkpoint
+        trained with committed prefixes, else H − 1 (the inference-time methods take any d that leaves a free row)."""
+        return self.decoder.prefix_trained or self.config.action_horizon - 1
 
     # -------------------------------------------------------------------------------------------- stages
     def prepare(self, obs: dict, session: Any = None) -> Request:
@@ -223,6 +229,10 @@ class Policy:
                 raise InvalidRequestError(f"{key} holds non-finite values")
             rows.append(arr)
         d, m = len(rows[0]), len(rows[1])
+        if self.decoder.prefix_trained and d > self.decoder.prefix_trained:
+            raise InvalidRequestError(f"{COMMITTED_KEY} has {d} rows, but this checkpoint was trained with at most "
+                                      f"{self.decoder.prefix_trained} committed rows (decoder max_delay); send at most "
+                                      f"that many (the metadata frame's realtime.max_delay)")
         if d < 1 or d + m > h - 1:
             raise InvalidRequestError(f"{COMMITTED_KEY} ({d} rows) + {OVERLAP_KEY} ({m} rows) must leave at least one "
                                       f"free row of the {h}-step chunk (1 <= d, d + m <= {h - 1})")

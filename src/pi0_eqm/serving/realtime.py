@@ -37,23 +37,31 @@ class ChunkExhaustedError(RuntimeError):
 
 @dataclasses.dataclass
 class ChunkRecord:
-    """One chunk switch: the measured delay (control steps), the committed rows sent, the reply's round trip."""
+    """One chunk switch: the measured delay (control steps), the committed rows sent, the reply's round trip, and the
+    row of the old chunk the switch replaced (``None`` for an episode's first chunk or an old chunk that ran out)."""
 
     delay: int
     committed_sent: int
     round_trip_ms: float
     reply: dict
+    replaced: np.ndarray | None = None
 
 
 class AsyncChunkBroker:
     def __init__(self, policy: Any, *, execute: int, expected_delay: int = 0, send_prefix: bool = True,
-                 send_overlap: bool = True, on_chunk: Callable[[ChunkRecord], None] | None = None):
+                 send_overlap: bool = True, on_chunk: Callable[[ChunkRecord], None] | None = None,
+                 max_committed: int | None = None):
         """``policy``: anything with ``infer(obs) -> {"actions": [H, d], ...}`` (our websocket client, openpi's, or a
         ``Policy``). ``execute``: s. ``expected_delay``: the committed rows to send with the next request (then the
         largest delay measured so far in this episode). ``send_prefix`` False gives the "naive" method (switch at the
-        measured delay, nothing sent)."""
+        measured delay, nothing sent). ``max_committed``: the most committed rows the server takes (default: the
+        ``realtime.max_delay`` of ``policy.get_server_metadata()`` when it has one); a longer delay sends that many."""
         if execute < 1:
             raise ValueError(f"execute (s) must be >= 1, got {execute}")
+        if max_committed is None and send_prefix and hasattr(policy, "get_server_metadata"):
+            realtime = (policy.get_server_metadata() or {}).get("realtime") or {}
+            max_committed = realtime.get("max_delay")
+        self.max_committed = max_committed
         self.policy, self.s = policy, execute
         self.expected_delay, self.send_prefix, self.send_overlap = expected_delay, send_prefix, send_overlap
         self.on_chunk = on_chunk
@@ -92,6 +100,8 @@ class AsyncChunkBroker:
     def _launch(self, obs: dict) -> None:
         chunk, i = self._chunk, self._index
         d = min(self._max_delay, len(chunk) - i - 1) if self.send_prefix else 0
+        if self.max_committed is not None:
+            d = min(d, self.max_committed)
         committed = chunk[i:i + d] if d > 0 else None
         overlap = chunk[i + d:] if d > 0 and self.send_overlap else None
         self._pending = self._pool.submit(self._request, obs, committed, overlap)
@@ -104,7 +114,8 @@ class AsyncChunkBroker:
             return  # an old episode's reply
         delay = self._index - start
         self._max_delay = max(self._max_delay, delay)
-        rec = ChunkRecord(delay, committed, (time.perf_counter() - t0) * 1e3, reply)
+        replaced = self._chunk[self._index] if self._index < len(self._chunk) else None
+        rec = ChunkRecord(delay, committed, (time.perf_counter() - t0) * 1e3, reply, replaced)
         self.records.append(rec)
         if self.on_chunk is not None:
             self.on_chunk(rec)

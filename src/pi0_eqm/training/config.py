@@ -292,6 +292,9 @@ _CONFIGS: list[TrainConfig] = [
     with_ki(_metaworld("pi05_metaworld", FlowConfig(), "pi05_metaworld"), _KI_METAWORLD, name="pi05_ki_metaworld"),
     with_ki(_metaworld("pi05_eqm_metaworld", EqmConfig(), "pi05_metaworld"), _KI_METAWORLD,
             name="pi05_eqm_ki_metaworld"),
+    # real-time chunking trained in (docs/realtime.md): up to 8 committed rows per training chunk (s = 8 of H = 16)
+    _metaworld("pi0_rtc_metaworld", FlowConfig(max_delay=8)),
+    _metaworld("pi0_eqm_prefix_metaworld", EqmConfig(max_delay=8)),
     # LIBERO on a CPU, both decoders trained identically (README, "LIBERO on a CPU")
     _libero_cpu("pi0_libero_cpu", FlowConfig()),
     _libero_cpu("pi0_eqm_libero_cpu", EqmConfig()),

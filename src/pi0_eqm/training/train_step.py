@@ -53,11 +53,18 @@ def _param_norm(params) -> jax.Array:
     return optax.global_norm(leaves)
 
 
-def masked_mean_loss(per_token: jax.Array, action_is_pad: jax.Array | None) -> jax.Array:
-    """Mean of ``[B, H]`` per-token losses, excluding chunk positions padded past the episode end."""
-    if action_is_pad is None:
+def masked_mean_loss(per_token: jax.Array, action_is_pad: jax.Array | None,
+                     loss_mask: jax.Array | None = None) -> jax.Array:
+    """Mean of ``[B, H]`` per-token losses, excluding chunk positions padded past the episode end and positions whose
+    ``loss_mask`` is False (a decoder's committed rows)."""
+    if action_is_pad is None and loss_mask is None:
         return jnp.mean(per_token)
-    w = (~action_is_pad).astype(per_token.dtype)
+    keep = jnp.ones(per_token.shape, bool)
+    if action_is_pad is not None:
+        keep = keep & ~action_is_pad
+    if loss_mask is not None:
+        keep = keep & loss_mask
+    w = keep.astype(per_token.dtype)
     return jnp.sum(per_token * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
@@ -77,9 +84,10 @@ def make_train_step(decoder: Decoder, tx: optax.GradientTransformation, ema_deca
         def loss_fn(trainable):
             params = partition.merge(trainable, frozen)
             if ki is None:
-                return masked_mean_loss(decoder.loss(params, obs, actions, rng), action_is_pad), {}
-            per_token, ce, correct, ce_mask = ki_losses(decoder, params, obs, actions, rng)
-            action_loss = masked_mean_loss(per_token, action_is_pad)
+                per_token, loss_mask = decoder.loss(params, obs, actions, rng)
+                return masked_mean_loss(per_token, action_is_pad, loss_mask), {}
+            per_token, loss_mask, ce, correct, ce_mask = ki_losses(decoder, params, obs, actions, rng)
+            action_loss = masked_mean_loss(per_token, action_is_pad, loss_mask)
             w = ce_mask.astype(jnp.float32)
             n = jnp.maximum(jnp.sum(w), 1.0)
             fast_ce = jnp.sum(ce * w) / n

@@ -63,6 +63,8 @@ ARMS: dict[str, Arm] = {
     # inpainting + a soft pull of the overlap rows toward the old plan
     "eqm-prefix-pull": Arm("eqm", "prefix", CONFIGS["eqm"], (("inpaint_pull", 0.3),)),
     **{f"{dec}-trained": Arm(dec, "prefix", TRAINED_CONFIGS[dec]) for dec in TRAINED_CONFIGS},
+    # EqM trained with committed prefixes and told which rows are committed (its time input as a per-token flag)
+    "eqm-trained-flag": Arm("eqm", "prefix", "pi0_eqm_prefix_flag_metaworld"),
 }
 DEFAULT_ARMS = tuple(ARMS)
 
@@ -156,7 +158,7 @@ def pairs_at(arms: tuple[str, ...]) -> list[tuple[str, str]]:
     arm against its decoder's inference-time prefix method."""
     out = [(a, f"{spec.decoder}-naive") for a, spec in ARMS.items() if spec.method != "naive"]
     out += [(f"eqm-{m}", f"flow-{m}") for m in (*METHODS, "trained")] + [("eqm-prefix-pull", "flow-prefix")]
-    out += [(f"{dec}-trained", f"{dec}-prefix") for dec in TRAINED_CONFIGS]
+    out += [(f"{dec}-trained", f"{dec}-prefix") for dec in TRAINED_CONFIGS] + [("eqm-trained-flag", "eqm-trained")]
     return [(a, b) for a, b in out if a in arms and b in arms]
 
 

@@ -49,8 +49,8 @@ def test_per_token_time_equals_per_chunk_time_when_constant(preset):
         field(jnp.zeros((B, 3)))
 
 
-@pytest.mark.parametrize("decoder", [FlowConfig(max_delay=MAX_DELAY), EqmConfig(max_delay=MAX_DELAY)],
-                         ids=["flow", "eqm"])
+@pytest.mark.parametrize("decoder", [FlowConfig(max_delay=MAX_DELAY), EqmConfig(max_delay=MAX_DELAY),
+                                     EqmConfig(max_delay=MAX_DELAY, prefix_flag=True)], ids=["flow", "eqm", "eqm_flag"])
 def test_committed_rows_are_clean_and_carry_no_loss(decoder):
     cfg = model_config("pi0_tiny", decoder, **SMALL)
     dec = make_decoder(cfg)
@@ -68,6 +68,8 @@ def test_committed_rows_are_clean_and_carry_no_loss(decoder):
         t = np.asarray(t)
         assert t.shape == (512, h) and np.all(t[committed] == 0) and np.all(t[~committed] > 0)
         np.testing.assert_array_equal(t.max(axis=1, keepdims=True) * ~committed, t)  # one time per chunk otherwise
+    elif decoder.prefix_flag:  # EqM's time input flags the committed rows
+        np.testing.assert_array_equal(np.asarray(t), committed.astype(np.float32))
     else:
         assert np.asarray(t).shape == (512,) and not np.any(t)  # EqM's time path stays t ≡ 0
 
@@ -116,3 +118,19 @@ def test_max_delay_is_validated():
         EqmConfig(max_delay=1.5)
     with pytest.raises(ValueError, match="must leave a free row"):
         model_config("pi0_tiny", FlowConfig(max_delay=8), **SMALL)  # H = 8
+
+
+def test_flagged_eqm_tells_the_field_which_rows_are_committed():
+    cfg, dec, params, obs, _ = _setup("pi0_tiny", EqmConfig(max_delay=MAX_DELAY, prefix_flag=True))
+    h = cfg.action_horizon
+    committed = jnp.asarray(np.broadcast_to(np.arange(h) < 2, (B, h)))
+    np.testing.assert_array_equal(np.asarray(dec.committed_flag(committed)), np.asarray(committed, np.float32))
+    assert np.asarray(dec.committed_flag(None, B)).shape == (B, h) and not np.any(dec.committed_flag(None, B))
+    target = np.random.default_rng(4).normal(size=(B, h, cfg.action_dim)).astype(np.float32)
+    pre = Prefix(actions=jnp.asarray(target), weights=jnp.asarray(np.broadcast_to(prefix_weights(h, 2, 0), (B, h))),
+                 max_guidance=jnp.full((B,), 5.0), pull=jnp.zeros((B,)))
+    out, _ = jax.jit(lambda p, o, r: dec.decode(p, o, r, prefix=pre))(params, obs, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(out)[:, :2], target[:, :2])
+    flagged = jax.jit(lambda p, o, a: dec.field_fn(p, o, pre)(a))(params, obs, jnp.asarray(target))
+    unflagged = jax.jit(lambda p, o, a: dec.field_fn(p, o)(a))(params, obs, jnp.asarray(target))
+    assert not np.allclose(np.asarray(flagged), np.asarray(unflagged))  # the flag reaches the field

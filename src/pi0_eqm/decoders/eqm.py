@@ -6,7 +6,8 @@ parameter tree is identical to π₀'s and openpi checkpoints load unchanged.
 
 With ``max_delay`` > 0 (training with a committed prefix) each training chunk's first d ~ U{0, …, max_delay} rows
 are clean (γ = 1) and carry no loss: the field learns the free rows given clean committed rows, which is what the
-solver's inpainting (committed rows clamped) shows it.
+solver's inpainting (committed rows clamped) shows it. With ``prefix_flag`` the time input carries, per token, 1 on
+the committed rows and 0 elsewhere, in training and in decoding.
 """
 
 from __future__ import annotations
@@ -107,27 +108,39 @@ class EqmDecoder:
             committed = sample_committed(jax.random.fold_in(rng, 1), b, h, self.prefix_trained)
             clean = actions if self._real_mask is None else actions * self._real_mask.astype(actions.dtype)
             x, loss_mask = jnp.where(committed[..., None], clean, x), ~committed
+            if self.eqm.prefix_flag:
+                return x, self.committed_flag(committed), target, loss_mask
         return x, jnp.zeros((actions.shape[0],), jnp.float32), target, loss_mask
+
+    def committed_flag(self, committed: jax.Array | None, batch_size: int | None = None) -> jax.Array:
+        """The time input: ``[B, H]`` 1.0 on committed rows with ``prefix_flag`` (0 everywhere without a prefix),
+        else ``[B]`` zeros."""
+        if not (self.prefix_trained and self.eqm.prefix_flag):
+            return jnp.zeros((batch_size if committed is None else committed.shape[0],), jnp.float32)
+        if committed is None:
+            return jnp.zeros((batch_size, self.config.action_horizon), jnp.float32)
+        return committed.astype(jnp.float32)
 
     def loss(self, params, obs: Observation, actions: jax.Array, rng: jax.Array):
         """``(per-token loss [B, H], loss_mask [B, H] | None)``."""
-        x, zero_t, target, loss_mask = self.training_example(actions, rng)
-        f = self.model.apply({"params": params}, obs, x, zero_t, method=Pi0.full_field)
+        x, time, target, loss_mask = self.training_example(actions, rng)
+        f = self.model.apply({"params": params}, obs, x, time, method=Pi0.full_field)
         if self._real_mask is None:
             return jnp.mean(jnp.square(f - target), axis=-1), loss_mask
         m = self._real_mask.astype(f.dtype)
         return jnp.sum(jnp.square(f - target) * m, axis=-1) / jnp.sum(m), loss_mask
 
-    def field_fn(self, params, obs: Observation):
-        """Computes the prefix KV cache once; returns ``f(A)`` evaluating only the action expert."""
+    def field_fn(self, params, obs: Observation, prefix: Prefix | None = None):
+        """Computes the prefix KV cache once; returns ``f(A)`` evaluating only the action expert (with
+        ``prefix_flag``, told which rows of ``prefix`` are committed)."""
         variables = {"params": params}
         kv_cache, prefix_mask = self.model.apply(variables, obs, method=Pi0.prefill)
-        zero_t = jnp.zeros((obs.state.shape[0],), jnp.float32)
+        time = self.committed_flag(None if prefix is None else prefix.committed, obs.state.shape[0])
 
         mask = None if self._real_mask is None else self._real_mask.astype(jnp.float32)
 
         def f(a):
-            out = self.model.apply(variables, kv_cache, prefix_mask, obs.state, a, zero_t, method=Pi0.expert_field)
+            out = self.model.apply(variables, kv_cache, prefix_mask, obs.state, a, time, method=Pi0.expert_field)
             return out if mask is None else out * mask
 
         return f
@@ -153,7 +166,7 @@ class EqmDecoder:
         if self._real_mask is not None:
             a0 = a0 * self._real_mask.astype(a0.dtype)
         s = settings or DecodeSettings()
-        result = solve(self.field_fn(params, obs), a0, self.solver_config(settings, record), cfg.action_dim_mask(),
+        result = solve(self.field_fn(params, obs, prefix), a0, self.solver_config(settings, record), cfg.action_dim_mask(),
                        step_size=s.step_size, momentum=s.momentum, threshold=s.threshold, max_iters=s.max_iters,
                        guard=s.guard, prefix=prefix, record=record)
         stats = DecodeStats(iterations=result.iterations, residual=result.residual, converged=result.converged,

@@ -140,6 +140,9 @@ class EqmConfig:
     # and carry no loss, as the committed rows are clamped when decoding; a request with more committed rows is
     # refused. 0: off.
     max_delay: int = 0
+    # With max_delay: the field is told which rows are committed through its otherwise unused time input (time 1 on
+    # committed rows, 0 elsewhere, per token; the parameter tree is unchanged). False: it sees only the clean rows.
+    prefix_flag: bool = False
 
     def __post_init__(self):
         check_max_delay(self.max_delay)

@@ -295,6 +295,7 @@ _CONFIGS: list[TrainConfig] = [
     # real-time chunking trained in (docs/realtime.md): up to 8 committed rows per training chunk (s = 8 of H = 16)
     _metaworld("pi0_rtc_metaworld", FlowConfig(max_delay=8)),
     _metaworld("pi0_eqm_prefix_metaworld", EqmConfig(max_delay=8)),
+    _metaworld("pi0_eqm_prefix_flag_metaworld", EqmConfig(max_delay=8, prefix_flag=True)),
     # LIBERO on a CPU, both decoders trained identically (README, "LIBERO on a CPU")
     _libero_cpu("pi0_libero_cpu", FlowConfig()),
     _libero_cpu("pi0_eqm_libero_cpu", EqmConfig()),

@@ -132,3 +132,14 @@ def test_a_prefix_trained_checkpoint_declares_and_enforces_its_max_delay(trained
             assert not broker.errors and [r.committed_sent for r in broker.records] == [0, 3]
     finally:
         server.stop()
+
+
+def test_warm_up_compiles_the_prefix_decode_too(trained_libero):
+    """A robot's first asynchronous request (the first with committed rows) must not wait for a compile."""
+    cfg, step_dir = trained_libero
+    pol = create_trained_policy(cfg, step_dir, settings=DecoderSettings(executed=4))
+    variant = pol.decoder.resolve(pol.settings).variant
+    assert pol.compiled_decode(variant, True)._cache_size() == 0
+    pol.warm_up(libero_obs(np.random.default_rng(7)), batch_sizes=(1,))
+    assert pol.compiled_decode(variant, False)._cache_size() == 1
+    assert pol.compiled_decode(variant, True)._cache_size() == 1

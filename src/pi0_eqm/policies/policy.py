@@ -379,10 +379,18 @@ class Policy:
         return results
 
     def warm_up(self, obs: dict, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Compiles the default decode for each batch size on ``obs`` (sessions used here are forgotten)."""
+        """Compiles the default decode for each batch size on ``obs``, without and with a real-time committed prefix
+        (one row of the first reply; the delay is data, so this serves every d), so that neither a robot's first
+        request nor its first asynchronous one waits for a compile. Sessions used here are forgotten."""
         for n in batch_sizes:
             items = [(obs, f"__warm_up_{i}") for i in range(n)]
-            for r in self.infer_batch(items):
+            replies = self.infer_batch(items)
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise r
+            prefixed = [({**o, COMMITTED_KEY: np.asarray(r["actions"])[:1]}, s)
+                        for (o, s), r in zip(items, replies, strict=True)]
+            for r in self.infer_batch(prefixed):
                 if isinstance(r, Exception):
                     raise r
             for _, s in items:

@@ -37,8 +37,9 @@ from pi0_eqm.policies.policy_config import create_trained_policy  # noqa: E402
 from pi0_eqm.serving.client import WebsocketClientPolicy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKPOINTS = {"flow": "checkpoints/pi0_metaworld/main", "eqm": "checkpoints/pi0_eqm_metaworld/main",
-               "flow_rtc": "checkpoints/pi0_rtc_metaworld/main", "eqm_prefix": "checkpoints/pi0_eqm_prefix_metaworld/main"}
+# name → training config; the checkpoint is <checkpoint_base_dir>/<config>/<exp_name>
+CHECKPOINTS = {"flow": "pi0_metaworld", "eqm": "pi0_eqm_metaworld", "flow_rtc": "pi0_rtc_metaworld",
+               "eqm_prefix": "pi0_eqm_prefix_metaworld"}
 
 
 @dataclasses.dataclass
@@ -52,6 +53,8 @@ class Args:
     max_steps: int = 200
     tasks: tuple[str, ...] = DEFAULT_TASKS
     port: int = 8765
+    checkpoint_base_dir: str = "./checkpoints"
+    exp_name: str = "main"  # the realtime study's seed-42 runs
     out: str = "results/wall_clock"
     progress: bool = True
 
@@ -102,7 +105,7 @@ def markdown(rows: dict, args: Args) -> str:
 
 
 def run_checkpoint(args: Args, name: str, rows: dict, raw: dict) -> None:
-    ckpt = REPO / CHECKPOINTS[name]
+    ckpt = (Path(args.checkpoint_base_dir) / CHECKPOINTS[name] / args.exp_name).resolve()
     if not ckpt.is_dir():
         raise FileNotFoundError(f"{ckpt} is missing: train it first (lab/scripts/realtime_study.py trains it)")
     local = create_trained_policy(None, ckpt)  # only for normalizing the discontinuity metric

@@ -2,10 +2,14 @@
 episodes in the real simulator → pooled success, discontinuities, forwards and VJPs, paired tests; cached per cell."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+from pi0_eqm.decoders import make_decoder
 from pi0_eqm.envs.stats import paired_comparison
+from pi0_eqm.training.checkpoint_dir import latest_step_dir
+from pi0_eqm.training.config_record import read_config
 from tests.benchmarks.conftest import load_script
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
@@ -14,7 +18,8 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 def test_realtime_study_end_to_end(tmp_path, monkeypatch, metaworld_home):
     monkeypatch.setenv("PI0_DATA_HOME", str(metaworld_home.data))
     mod = load_script("realtime_study")
-    args = mod.Args(arms=(*mod.DEFAULT_ARMS, "eqm-prefix-pull"), seeds=(1,), delays=(0, 4), episodes_per_task=1,
+    arms = tuple(a for a in mod.DEFAULT_ARMS if a != "eqm-trained-flag")  # its decoding is eqm-trained's
+    args = mod.Args(arms=arms, seeds=(1,), delays=(0, 4), episodes_per_task=1,
                     max_steps=24, out=str(tmp_path / "out"), **metaworld_home.args())
     out = mod.main(args)
     s = out["summary"]
@@ -27,6 +32,12 @@ def test_realtime_study_end_to_end(tmp_path, monkeypatch, metaworld_home):
             assert 0 < row["vjps_mean"] < 10, row["vjps_mean"]
         else:
             assert row["vjps_mean"] == 0, (arm, d, row["vjps_mean"])
+    # the trained arms are checkpoints trained with committed prefixes of up to 8 rows
+    for arm, method in (("flow-trained", "rtc_trained"), ("eqm-trained", "inpaint")):
+        run = json.loads((tmp_path / "out" / "runs" / arm / "seed1_d4.json").read_text())
+        assert read_config(latest_step_dir(Path(run["checkpoint"]))).model.decoder.max_delay == 8
+        assert make_decoder(read_config(latest_step_dir(Path(run["checkpoint"]))).model).prefix_method == method
+    assert ("flow-trained", "flow-prefix", 4) in out["paired"] and ("eqm-trained", "flow-trained", 4) in out["paired"]
     # At d = 0 every method is the synchronous loop: the same actions, the same outcomes.
     runs = tmp_path / "out" / "runs"
     ep = lambda arm, d: json.loads((runs / arm / f"seed1_d{d}.json").read_text())["episodes"]  # noqa: E731

@@ -13,9 +13,7 @@ from pi0_eqm.errors import InvalidRequestError
 
 def run(main: Callable[[Any], Any], args_type: type, user_errors: tuple[type[BaseException], ...] = ()) -> None:
     """``main(tyro.cli(args_type))``; a user error (missing file, bad value) prints ``error: ...`` and exits 2."""
-
-
-    errors = (FileNotFoundError, FileExistsError, ValueError, InvalidRequestError, *user_errors)
+    errors = (FileNotFoundError, FileExistsError, PermissionError, ValueError, InvalidRequestError, *user_errors)
     try:
         main(tyro.cli(args_type))
     except errors as e:

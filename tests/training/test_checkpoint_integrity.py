@@ -12,6 +12,7 @@ from pi0_eqm.training import checkpoints as ckpt
 from tests.training._checkpoint_common import _assert_trees_equal
 from tests.training._checkpoint_common import _entries
 from tests.training._checkpoint_common import _logs_warning
+from tests.training._checkpoint_common import _norm_stats
 from tests.training._checkpoint_common import _open
 from tests.training._checkpoint_common import _small_state
 from tests.training._checkpoint_common import _trained_state
@@ -30,7 +31,6 @@ DAMAGE = {
     "no_commit_marker": lambda d: (d / "commit_success.txt").unlink(),
     "missing_train_state": lambda d: __import__("shutil").rmtree(d / "train_state"),
     "missing_params": lambda d: __import__("shutil").rmtree(d / "params"),
-    "truncated_step_metadata": lambda d: _halve(d / "_CHECKPOINT_METADATA"),
     "truncated_item_metadata": lambda d: _halve(d / "params" / "_METADATA"),
     "truncated_manifest": lambda d: _halve(d / "params" / "manifest.ocdbt"),
     "empty_data_files": lambda d: [p.write_bytes(b"") for p in _data_files(d)],
@@ -193,3 +193,47 @@ def test_steps_saved_without_checksums_still_restore(tmp_path):
     restored, _, step = ckpt.restore_state(manager, _small_state(0))
     assert step == 2
     _assert_trees_equal(restored, _small_state(2))
+
+
+NOT_READ_ON_RESUME = {
+    "missing_step_metadata": lambda d: (d / "_CHECKPOINT_METADATA").unlink(),
+    "truncated_step_metadata": lambda d: _halve(d / "_CHECKPOINT_METADATA"),
+    "damaged_norm_stats_copy": lambda d: [_halve(p) for p in (d / "assets").rglob("norm_stats.json")],
+}
+
+
+@pytest.mark.parametrize("damage", sorted(NOT_READ_ON_RESUME))
+def test_problems_resume_does_not_read_do_not_set_an_intact_step_aside(tmp_path, damage, caplog):
+    """Orbax's step metadata and the norm-stats copies are not what resuming reads: the step's arrays verify, so it is
+    used (with a warning naming the problem) and nothing is renamed."""
+    manager, _ = _open(tmp_path, async_save=False)
+    states = {s: _small_state(s) for s in (1, 2)}
+    for s, state in states.items():
+        ckpt.save_state(manager, state, ema=False, norm_stats=_norm_stats(), data_state={"pos": s})
+    NOT_READ_ON_RESUME[damage](tmp_path / "run" / "2")
+    with _logs_warning(caplog, "step 2 .*resuming does not read these and its arrays verified"):
+        restored, data_state, step = ckpt.restore_state(manager, jax.eval_shape(lambda: states[1]))
+    assert (step, data_state) == (2, {"pos": 2})
+    _assert_trees_equal(restored, states[2])
+    assert sorted(_entries(tmp_path / "run")) == ["1", "2"]
+    # serving reads the norm stats copy: there it is still a problem of the step
+    if damage == "damaged_norm_stats_copy":
+        assert any("norm_stats.json" in p for p in ckpt.check_checkpoint_step(tmp_path / "run" / "2"))
+
+
+def test_a_permission_error_is_a_clear_error_not_damage(tmp_path, monkeypatch):
+    manager, _ = _open(tmp_path, async_save=False)
+    for s in (1, 2):
+        ckpt.save_state(manager, _small_state(s), ema=False, data_state={"pos": s})
+    denied = tmp_path / "run" / "2" / "data_state" / "data_state.json"
+    read_text = Path.read_text
+
+    def deny(self, *a, **kw):  # this process runs as root here, where chmod does not deny
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", deny)
+    with pytest.raises(PermissionError, match=r"(?s)cannot read .*data_state.json: permission denied.*not damaged"):
+        ckpt.restore_state(manager, _small_state(0))
+    assert sorted(_entries(tmp_path / "run")) == ["1", "2"]  # nothing set aside

@@ -277,7 +277,7 @@ def initialize_checkpoint_dir(
 
         if resuming:
             steps = step_dirs(directory)
-            problems = {s: check_checkpoint_step(p) for s, p in sorted(steps.items())}
+            problems = {s: check_checkpoint_step(p, notes=False) for s, p in sorted(steps.items())}
             if not any(not p for p in problems.values()):
                 detail = "; ".join(f"step {s}: {', '.join(p)}" for s, p in problems.items()) or "no step directories"
                 raise FileNotFoundError(

@@ -1,6 +1,7 @@
 """Checks of saved checkpoint steps, and setting aside the unreadable ones.
 
-* :func:`check_checkpoint_step`: structural problems of a step directory (commit marker, metadata, items, files).
+* :func:`check_checkpoint_step`: structural problems of a step directory (commit marker, metadata, items, files);
+  :func:`step_notes`: those in the parts resuming does not read (orbax's step metadata, norm-stats copies).
 * :func:`tree_mismatches`: path/shape differences between a step's array items and the state to restore into.
 * :func:`saved_step_problems`: the structural check for whatever directory a user serves or exports.
 * :func:`params_problems`: params read from a training step (to serve, export or evaluate) checked against the
@@ -41,13 +42,35 @@ logger = logging.getLogger(__name__)
 
 
 def _json_problem(path: Path) -> str | None:
+    """``None`` if ``path`` holds JSON, else what is wrong with it. A file this process may not read is not damaged:
+    that raises ``PermissionError`` naming it, so no caller sets the step aside for it."""
     if not path.is_file():
         return f"missing {path.name}"
     try:
         json.loads(path.read_text())
+    except PermissionError as e:
+        raise PermissionError(f"cannot read {path}: permission denied. The file is not damaged and nothing was set "
+                              "aside; give this user read access (e.g. chmod -R u+rX on the run directory) and run "
+                              "the same command again") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return f"unreadable {path.name} ({type(e).__name__})"
     return None
+
+
+def step_notes(step_dir: str | os.PathLike) -> list[str]:
+    """Problems in the parts of a step that resuming does not read: orbax's step metadata and the copies of the norm
+    stats under ``assets/`` (the trainer reads its config's assets). Serving reads the latter, so
+    :func:`check_checkpoint_step` reports them by default."""
+    step_dir = Path(step_dir)
+    notes = []
+    if (p := _json_problem(step_dir / STEP_METADATA_FILE)) is not None:
+        notes.append(p)
+    assets = step_dir / ASSETS_ITEM
+    if assets.is_dir():
+        for f in assets.rglob(NORM_STATS_FILE):
+            if (p := _json_problem(f)) is not None:
+                notes.append(f"{f.relative_to(step_dir)}: {p}")
+    return notes
 
 
 def _pytree_item_problems(item_dir: Path) -> list[str]:
@@ -69,13 +92,14 @@ def _pytree_item_problems(item_dir: Path) -> list[str]:
     return problems
 
 
-def check_checkpoint_step(step_dir: str | os.PathLike) -> list[str]:
+def check_checkpoint_step(step_dir: str | os.PathLike, *, notes: bool = True) -> list[str]:
     """Structural problems of a saved step directory (empty list = looks complete).
 
-    Checks the commit marker and step metadata, the ``params`` and ``train_state`` items (metadata, OCDBT
-    manifest, no empty data files) and that optional ``data_state``/``integrity``/``train_config``/``assets`` files
-    parse. It does not read the arrays; :func:`pi0_eqm.training.checkpoints.restore_state` does that (and verifies
-    their checksums) and falls back on errors.
+    Checks the commit marker, the ``params`` and ``train_state`` items (metadata, OCDBT manifest, no empty data
+    files), that optional ``data_state``/``integrity``/``train_config`` files parse and, with ``notes``, the parts
+    resuming does not read (:func:`step_notes`). It does not read the arrays;
+    :func:`pi0_eqm.training.checkpoints.restore_state` does that (and verifies their checksums) and falls back on
+    errors. A file this process may not read raises ``PermissionError``.
     """
     step_dir = Path(step_dir)
     if not step_dir.is_dir():
@@ -83,8 +107,6 @@ def check_checkpoint_step(step_dir: str | os.PathLike) -> list[str]:
     problems = []
     if not (step_dir / COMMIT_MARKER).is_file():
         problems.append(f"no commit marker ({COMMIT_MARKER}): the save did not finish")
-    if (p := _json_problem(step_dir / STEP_METADATA_FILE)) is not None:
-        problems.append(p)
     for item in (PARAMS_ITEM, TRAIN_STATE_ITEM):
         problems.extend(_pytree_item_problems(step_dir / item))
     data_dir = step_dir / DATA_STATE_ITEM
@@ -96,12 +118,7 @@ def check_checkpoint_step(step_dir: str | os.PathLike) -> list[str]:
     config_dir = step_dir / TRAIN_CONFIG_ITEM
     if config_dir.exists() and (p := _json_problem(config_dir / TRAIN_CONFIG_FILE)) is not None:
         problems.append(f"{TRAIN_CONFIG_ITEM}/: {p}")
-    assets = step_dir / ASSETS_ITEM
-    if assets.is_dir():
-        for f in assets.rglob(NORM_STATS_FILE):
-            if (p := _json_problem(f)) is not None:
-                problems.append(f"{f.relative_to(step_dir)}: {p}")
-    return problems
+    return problems + (step_notes(step_dir) if notes else [])
 
 
 def saved_step_problems(directory: str | os.PathLike) -> list[str]:

@@ -39,6 +39,7 @@ from pi0_eqm.training.checkpoint_dir import on_primary
 from pi0_eqm.training.checkpoint_dir import release_run_dir
 from pi0_eqm.training.checkpoint_integrity import check_checkpoint_step
 from pi0_eqm.training.checkpoint_integrity import quarantine
+from pi0_eqm.training.checkpoint_integrity import step_notes
 from pi0_eqm.training.checkpoint_integrity import tree_mismatches
 from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
 from pi0_eqm.training.checkpoint_layout import DATA_STATE_ITEM
@@ -326,11 +327,11 @@ def restore_state(
 
     failures: list[tuple[int, str]] = []
     for candidate in candidates:
-        problems = check_checkpoint_step(directory / str(candidate))
+        problems = check_checkpoint_step(directory / str(candidate), notes=False)
         if not problems:
             try:
                 state, data_state = _restore_step(manager, candidate, abstract_state, data_state_check)
-            except CheckpointMismatchError:
+            except (CheckpointMismatchError, PermissionError):
                 raise
             except CheckpointIntegrityError as e:
                 problems = e.problems
@@ -348,6 +349,9 @@ def restore_state(
         if failures:
             on_primary("quarantine", quarantine, directory, [s for s, _ in failures if s > candidate])
             manager.reload()
+        if notes := step_notes(directory / str(candidate)):
+            logger.warning("checkpoint step %d in %s: %s; resuming does not read these and its arrays verified, so "
+                           "the step is used", candidate, directory, "; ".join(notes))
         logger.info("restored checkpoint step %d from %s", candidate, directory)
         return state, data_state, candidate
 

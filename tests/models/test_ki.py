@@ -61,7 +61,7 @@ def _is_backbone(path) -> bool:
 
 def _grad_maxabs(dec, params, obs, actions, part):
     def f(p):
-        action_loss, ce, _, mask = ki_losses(dec, p, obs, actions, jax.random.key(3))
+        action_loss, _, ce, _, mask = ki_losses(dec, p, obs, actions, jax.random.key(3))
         return jnp.mean(action_loss) if part == "action" else jnp.sum(ce * mask) / jnp.sum(mask)
 
     maxabs = jax.jit(lambda p: jax.tree.map(lambda g: jnp.max(jnp.abs(g)), jax.grad(f)(p)))(params)

@@ -110,8 +110,8 @@ def test_full_size_ki_configs_trace():
                           fast_mask=jax.ShapeDtypeStruct((2, f), bool))
         out = jax.eval_shape(lambda p, o, d=dec, m=model: ki_losses(d, p, o, m.fake_actions(2), jax.random.key(0)),
                              params, obs)
-        action_loss, ce, correct, mask = out
-        assert action_loss.shape == (2, model.action_horizon)
+        action_loss, loss_mask, ce, correct, mask = out
+        assert action_loss.shape == (2, model.action_horizon) and loss_mask is None
         assert ce.shape == correct.shape == mask.shape == (2, f - 1)
 
 

@@ -51,7 +51,7 @@ def backbone_vs_expert(config, step_dir: str | os.PathLike, *, n: int = 64, seed
     decoder = make_decoder(model)
     real = model.real_action_dim or model.action_dim
 
-    _, ce, correct, mask = jax.jit(lambda p: ki_losses(decoder, p, obs, actions, jax.random.key(seed)))(params)
+    _, _, ce, correct, mask = jax.jit(lambda p: ki_losses(decoder, p, obs, actions, jax.random.key(seed)))(params)
     w = np.asarray(mask, np.float32)
     tokens, tmask = jax.jit(lambda p: fast_generate(decoder, p, obs))(params)
     from_backbone, valid = fast_actions(data_cfg.fast_tokenizer, model.fast_layout, tokens, tmask)

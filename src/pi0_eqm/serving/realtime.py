@@ -37,8 +37,9 @@ class ChunkExhaustedError(RuntimeError):
 
 @dataclasses.dataclass
 class ChunkRecord:
-    """One chunk switch: the measured delay (control steps), the committed rows sent, the reply's round trip, and the
-    row of the old chunk the switch replaced (``None`` for an episode's first chunk or an old chunk that ran out)."""
+    """One chunk switch: the measured delay (control steps: when the control loop took the reply), the committed rows
+    sent, the request's round trip (until the reply arrived, in the broker's thread), and the row of the old chunk the
+    switch replaced (``None`` for an episode's first chunk or an old chunk that ran out)."""
 
     delay: int
     committed_sent: int
@@ -104,10 +105,15 @@ class AsyncChunkBroker:
             d = min(d, self.max_committed)
         committed = chunk[i:i + d] if d > 0 else None
         overlap = chunk[i + d:] if d > 0 and self.send_overlap else None
-        self._pending = self._pool.submit(self._request, obs, committed, overlap)
+        self._pending = self._pool.submit(self._timed_request, obs, committed, overlap)
         self._pending_meta = (self._episode, self._index, d, time.perf_counter())
 
-    def _switch(self, reply: dict) -> None:
+    def _timed_request(self, obs: dict, committed: np.ndarray | None, overlap: np.ndarray | None):
+        reply = self._request(obs, committed, overlap)
+        return reply, time.perf_counter()
+
+    def _switch(self, result: tuple[dict, float]) -> None:
+        reply, t_done = result
         episode, start, committed, t0 = self._pending_meta
         self._pending, self._pending_meta = None, None
         if episode != self._episode:
@@ -115,7 +121,7 @@ class AsyncChunkBroker:
         delay = self._index - start
         self._max_delay = max(self._max_delay, delay)
         replaced = self._chunk[self._index] if self._index < len(self._chunk) else None
-        rec = ChunkRecord(delay, committed, (time.perf_counter() - t0) * 1e3, reply, replaced)
+        rec = ChunkRecord(delay, committed, (t_done - t0) * 1e3, reply, replaced)
         self.records.append(rec)
         if self.on_chunk is not None:
             self.on_chunk(rec)

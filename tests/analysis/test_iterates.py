@@ -154,7 +154,7 @@ def contracting_policy(random_policy):
     """The same policy with the network's field replaced by a contracting one, f(A) = 20·(A − s₀) (s₀: first normalized
     state entry), so residuals fall geometrically and thresholds are crossed inside a short budget."""
     pol = it.policy_with_settings(random_policy, DecoderSettings())
-    pol.decoder.field_fn = lambda params, obs: (lambda a: 20.0 * (a - obs.state[:, None, :1]))
+    pol.decoder.field_fn = lambda params, obs, prefix=None: (lambda a: 20.0 * (a - obs.state[:, None, :1]))
     return pol
 
 

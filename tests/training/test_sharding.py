@@ -147,12 +147,12 @@ def test_sharded_step_single_device_matches_plain_jit():
     from pi0_eqm.training.train_step import init_train_state
     from pi0_eqm.training.train_step import make_train_step
 
-    class Linear:  # a decoder-shaped toy: loss(params, obs, actions, rng) -> [B, H], no knowledge insulation
+    class Linear:  # a decoder-shaped toy: loss(params, obs, actions, rng) -> ([B, H], no mask), no KI
         config = types.SimpleNamespace(ki=None)
 
         def loss(self, params, obs, actions, rng):
             pred = obs["x"] @ params["w"] + 0.0 * jax.random.normal(rng, ())
-            return jnp.mean((pred[:, None, :] - actions) ** 2, axis=-1)
+            return jnp.mean((pred[:, None, :] - actions) ** 2, axis=-1), None
 
     tx = optax.adam(1e-2)
     step_fn = make_train_step(Linear(), tx, ema_decay=0.5)

@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 def test_realtime_study_end_to_end(tmp_path, monkeypatch, metaworld_home):
     monkeypatch.setenv("PI0_DATA_HOME", str(metaworld_home.data))
     mod = load_script("realtime_study")
-    arms = tuple(a for a in mod.DEFAULT_ARMS if a != "eqm-trained-flag")  # its decoding is eqm-trained's
+    # eqm-trained-flag decodes like eqm-trained and eqm-prefix-pull like eqm-prefix (its pull: tests/decoders)
+    arms = tuple(a for a in mod.DEFAULT_ARMS if a not in ("eqm-trained-flag", "eqm-prefix-pull"))
     args = mod.Args(arms=arms, seeds=(1,), delays=(0, 4), episodes_per_task=1,
                     max_steps=24, out=str(tmp_path / "out"), **metaworld_home.args())
     out = mod.main(args)

@@ -116,6 +116,8 @@ def test_max_delay_is_validated():
         FlowConfig(max_delay=-1)
     with pytest.raises(ValueError, match="max_delay must be an int >= 0"):
         EqmConfig(max_delay=1.5)
+    with pytest.raises(ValueError, match="prefix_flag .* needs max_delay > 0"):
+        EqmConfig(prefix_flag=True)
     with pytest.raises(ValueError, match="must leave a free row"):
         model_config("pi0_tiny", FlowConfig(max_delay=8), **SMALL)  # H = 8
 

@@ -146,6 +146,9 @@ class EqmConfig:
 
     def __post_init__(self):
         check_max_delay(self.max_delay)
+        if self.prefix_flag and not self.max_delay:
+            raise ValueError("prefix_flag flags committed rows, so it needs max_delay > 0 (training with committed "
+                             "prefixes); set --model.decoder.max-delay")
         check_choice("gamma_sampling", self.gamma_sampling, GammaSampling)
         check_choice("loss_dims", self.loss_dims, LossDims)
         if not 0 <= self.data_fraction <= 1:

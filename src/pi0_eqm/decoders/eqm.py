@@ -105,7 +105,7 @@ class EqmDecoder:
         loss_mask = None
         if self.prefix_trained:
             b, h = actions.shape[:2]
-            committed = sample_committed(jax.random.fold_in(rng, 1), b, h, self.prefix_trained)
+            committed = sample_committed(rng, b, h, self.prefix_trained)
             clean = actions if self._real_mask is None else actions * self._real_mask.astype(actions.dtype)
             x, loss_mask = jnp.where(committed[..., None], clean, x), ~committed
             if self.eqm.prefix_flag:

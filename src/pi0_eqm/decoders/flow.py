@@ -66,7 +66,7 @@ class FlowDecoder:
         loss_mask = None
         if self.prefix_trained:
             b, h = actions.shape[:2]
-            committed = sample_committed(jax.random.fold_in(rng, 1), b, h, self.prefix_trained)
+            committed = sample_committed(rng, b, h, self.prefix_trained)
             t, loss_mask = jnp.where(committed, 0.0, t[:, None]), ~committed
         te = t.reshape(t.shape + (1,) * (actions.ndim - t.ndim))
         return te * noise + (1 - te) * actions, t, noise - actions, loss_mask

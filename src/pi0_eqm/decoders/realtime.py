@@ -55,8 +55,9 @@ def prefix_weights(horizon: int, delay: int, overlap: int) -> np.ndarray:
 
 def sample_committed(rng: jax.Array, batch_size: int, horizon: int, max_delay: int) -> jax.Array:
     """``bool [B, H]``: the committed rows of a training chunk, its first d rows with d ~ U{0, …, max_delay} per
-    sample (training-time real-time chunking)."""
-    d = jax.random.randint(rng, (batch_size,), 0, max_delay + 1)
+    sample (training-time real-time chunking). ``rng`` is the training example's key: the draw uses a stream of its
+    own (the key folded with 1), so the example's noise and time draws stay those of training without prefixes."""
+    d = jax.random.randint(jax.random.fold_in(rng, 1), (batch_size,), 0, max_delay + 1)
     return jnp.arange(horizon)[None, :] < d[:, None]
 
 

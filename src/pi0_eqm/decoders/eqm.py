@@ -166,9 +166,9 @@ class EqmDecoder:
         if self._real_mask is not None:
             a0 = a0 * self._real_mask.astype(a0.dtype)
         s = settings or DecodeSettings()
-        result = solve(self.field_fn(params, obs, prefix), a0, self.solver_config(settings, record), cfg.action_dim_mask(),
-                       step_size=s.step_size, momentum=s.momentum, threshold=s.threshold, max_iters=s.max_iters,
-                       guard=s.guard, prefix=prefix, record=record)
+        result = solve(self.field_fn(params, obs, prefix), a0, self.solver_config(settings, record),
+                       cfg.action_dim_mask(), step_size=s.step_size, momentum=s.momentum, threshold=s.threshold,
+                       max_iters=s.max_iters, guard=s.guard, prefix=prefix, record=record)
         stats = DecodeStats(iterations=result.iterations, residual=result.residual, converged=result.converged,
                             iterates=result.iterates, lookaheads=result.lookaheads, residuals=result.residuals)
         return result.actions, stats

@@ -15,7 +15,8 @@ under the given mask, and the output is split back and projected per expert. A K
 
 π₀.5's adaRMS: an expert given a conditioning vector ``cond [B, C]`` or ``[B, T, C]`` (one per token;
 ``adarms_cond[i]``) replaces each of its norms' ``scale`` by ``Dense_0 (C → 3·D, zero-initialised)(cond) → scale,
-shift, gate``: the norm returns ``normed·(1 + scale) + shift`` and its residual branch is multiplied by ``gate`` (openpi's ``_gated_residual``).
+shift, gate``: the norm returns ``normed·(1 + scale) + shift`` and its residual branch is multiplied by ``gate``
+(openpi's ``_gated_residual``).
 """
 
 from __future__ import annotations

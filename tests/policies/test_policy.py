@@ -176,3 +176,22 @@ def test_a_step_whose_params_are_not_its_own_is_refused(trained_libero, tmp_path
         export_checkpoint(copy, tmp_path / "exported")
     assert not (tmp_path / "exported").exists()
     create_trained_policy(cfg, step_dir)  # the intact step serves
+
+
+def test_a_step_under_another_number_or_with_edited_norm_stats_is_refused(trained_libero, tmp_path):
+    """The step's integrity record names its step number and the digests of the assets it ships: serving and export
+    refuse step 4's files copied as step 9, and a norm-stats copy edited in place (it still parses), naming each."""
+    cfg, step_dir = trained_libero
+    renumbered = tmp_path / "9"
+    shutil.copytree(step_dir, renumbered)
+    with pytest.raises(ValueError, match="saved as step 4, but its directory is step 9"):
+        create_trained_policy(cfg, renumbered)
+    edited = tmp_path / "4"
+    shutil.copytree(step_dir, edited)
+    f = edited / "assets" / "physical-intelligence/libero" / "norm_stats.json"
+    f.write_text(f.read_text().replace("0", "1", 1))
+    load_norm_stats(f.parent)  # still valid norm stats, only not the ones trained with
+    for act in (lambda: create_trained_policy(cfg, edited), lambda: export_checkpoint(edited, tmp_path / "out")):
+        with pytest.raises(ValueError, match="libero/norm_stats.json: differs from the file saved with this step"):
+            act()
+    assert not (tmp_path / "out").exists()

@@ -237,3 +237,83 @@ def test_a_permission_error_is_a_clear_error_not_damage(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match=r"(?s)cannot read .*data_state.json: permission denied.*not damaged"):
         ckpt.restore_state(manager, _small_state(0))
     assert sorted(_entries(tmp_path / "run")) == ["1", "2"]  # nothing set aside
+
+
+@pytest.mark.parametrize("record", ["with_step", "old_record_without_step"])
+def test_a_step_holding_another_steps_files_is_set_aside_on_resume(tmp_path, record, caplog):
+    """Step 3's directory replaced by a copy of step 1 (checksums all agree with themselves): resuming falls back to
+    step 2 and sets the copy aside, so training saves step 3 again; it used to resume step 1's state as step 3 and
+    fail at its next save ("step 3 is already saved")."""
+    import json
+    import shutil
+
+    manager, _ = _open(tmp_path, async_save=False)
+    states = {s: _small_state(s) for s in (1, 2, 3)}
+    for s, state in states.items():
+        ckpt.save_state(manager, state, ema=False, data_state={"pos": s})
+    run = tmp_path / "run"
+    shutil.rmtree(run / "3")
+    shutil.copytree(run / "1", run / "3")
+    integrity = run / "3" / "integrity" / "checksums.json"
+    if record == "old_record_without_step":  # saved before records named their step: the train state's step tells
+        saved = json.loads(integrity.read_text())
+        assert saved.pop("step") == 1
+        integrity.write_text(json.dumps(saved))
+    else:
+        assert any("saved as step 1, but its directory is step 3" in p for p in ckpt.check_checkpoint_step(run / "3"))
+    manager.reload()
+    with _logs_warning(caplog, "step 3 .* incomplete or unreadable .*step 1"):
+        restored, data_state, step = ckpt.restore_state(manager, jax.eval_shape(lambda: states[1]))
+    assert (step, data_state) == (2, {"pos": 2})
+    _assert_trees_equal(restored, states[2])
+    assert any(n.startswith("3.corrupt-") for n in _entries(run))
+    ckpt.save_state(manager, states[3], ema=False)
+    assert ckpt.restore_state(manager, states[1])[2] == 3
+
+
+ASSET_EDITS = {
+    "edited_value": lambda f: f.write_text(f.read_text().replace("2.0", "2.5", 1)),
+    "replaced_by_another_runs": lambda f: f.write_bytes(f.read_bytes().replace(b"3.0", b"4.0")),
+    "deleted": lambda f: f.unlink(),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(ASSET_EDITS))
+def test_the_integrity_record_covers_the_norm_stats_the_step_ships(tmp_path, edit, caplog):
+    """A norm-stats copy under a step that still parses but is not the one saved with it is named (serving and export
+    refuse the step); resuming does not read it, so the step is used with a warning naming the file."""
+    manager, _ = _open(tmp_path, async_save=False)
+    states = {s: _small_state(s) for s in (1, 2)}
+    for s, state in states.items():
+        ckpt.save_state(manager, state, ema=False, norm_stats=_norm_stats())
+    step_dir = tmp_path / "run" / "2"
+    (f,) = (step_dir / "assets").rglob("norm_stats.json")
+    assert ckpt.check_checkpoint_step(step_dir) == []
+    ASSET_EDITS[edit](f)
+    problems = ckpt.check_checkpoint_step(step_dir)
+    rel = f.relative_to(step_dir).as_posix()
+    expected = "missing (it was saved with this step)" if edit == "deleted" else "differs from the file saved with"
+    assert [p for p in problems if p.startswith(rel)] and expected in " ".join(problems), problems
+    with _logs_warning(caplog, f"step 2 .*{rel}"):
+        assert ckpt.restore_state(manager, jax.eval_shape(lambda: states[1]))[2] == 2
+
+
+def test_a_norm_stats_file_added_under_a_step_and_a_changed_tokenizer_file_are_named(tmp_path):
+    from pi0_eqm.data.normalize import save_norm_stats
+
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text('{"vocab": 1}')
+    manager, _ = _open(tmp_path, async_save=False)
+    ckpt.save_state(manager, _small_state(1), ema=False, norm_stats=_norm_stats(),
+                    asset_dirs={"physical-intelligence/libero/fast_tokenizer": tok})
+    step_dir = tmp_path / "run" / "1"
+    assert ckpt.check_checkpoint_step(step_dir) == []
+    save_norm_stats(step_dir / "assets" / "other_robot", _norm_stats()["physical-intelligence/libero"])
+    (step_dir / "assets" / "physical-intelligence" / "libero" / "fast_tokenizer" / "tokenizer.json").write_text(
+        '{"vocab": 2}')
+    assert ckpt.check_checkpoint_step(step_dir) == [
+        "assets/physical-intelligence/libero/fast_tokenizer/tokenizer.json: differs from the file saved with this step "
+        "(checksum mismatch)",
+        "assets/other_robot/norm_stats.json: not saved with this step (not in its integrity record)",
+    ]

@@ -228,13 +228,18 @@ def save_norm_stats(directory: str | Path, norm_stats: Mapping[str, NormStats]) 
     """Atomically write ``directory/norm_stats.json`` in openpi's format; returns the file path."""
     if not norm_stats:
         raise ValueError("save_norm_stats got no statistics")
+    path = Path(directory) / NORM_STATS_FILE
+    atomic_write_bytes(path, norm_stats_bytes(norm_stats))
+    return path
+
+
+def norm_stats_bytes(norm_stats: Mapping[str, NormStats]) -> bytes:
+    """The exact bytes :func:`save_norm_stats` writes for ``norm_stats`` (openpi's format)."""
     for key, value in norm_stats.items():
         if not isinstance(value, NormStats):
             raise TypeError(f"norm_stats[{key!r}] is a {type(value).__name__}; expected NormStats")
     payload = {"norm_stats": {k: v.to_json() for k, v in norm_stats.items()}}
-    path = Path(directory) / NORM_STATS_FILE
-    atomic_write_bytes(path, json.dumps(payload, indent=2).encode())
-    return path
+    return json.dumps(payload, indent=2).encode()
 
 
 def load_norm_stats(directory: str | Path) -> dict[str, NormStats]:

@@ -24,7 +24,9 @@ import orbax.checkpoint as ocp
 from pi0_eqm.data.normalize import NORM_STATS_FILE
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.data.normalize import load_norm_stats
+from pi0_eqm.data.normalize import norm_stats_bytes
 from pi0_eqm.data.normalize import save_norm_stats
+from pi0_eqm.training.checkpoint_checksums import file_digest
 from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
 
 
@@ -34,6 +36,18 @@ def _write_assets(directory: Path, norm_stats: Mapping[str, Mapping[str, NormSta
         save_norm_stats(directory / asset_id, stats)
     for rel, src in (asset_dirs or {}).items():  # e.g. <asset_id>/fast_tokenizer
         shutil.copytree(src, directory / rel, dirs_exist_ok=True)
+
+
+def asset_digests(norm_stats: Mapping[str, Mapping[str, NormStats]] | None,
+                  asset_dirs: Mapping[str, Path] | None = None) -> dict[str, str]:
+    """``{path under assets/: file_digest}`` of every file :func:`_write_assets` writes for these assets."""
+    out = {f"{asset_id}/{NORM_STATS_FILE}": file_digest(norm_stats_bytes(stats))
+           for asset_id, stats in (norm_stats or {}).items()}
+    for rel, src in (asset_dirs or {}).items():
+        for f in sorted(Path(src).rglob("*")):
+            if f.is_file():
+                out[f"{rel}/{f.relative_to(src).as_posix()}"] = file_digest(f.read_bytes())
+    return out
 
 
 def _read_assets(directory: Path) -> dict[str, dict[str, NormStats]]:

@@ -4,15 +4,19 @@ At save, :func:`array_record` computes for every array leaf of the ``params`` an
 sums of its raw bits (on device, jitted): ``sum(bits)`` and ``sum(bits * (2 i + 1))`` modulo 2**32 over the
 flattened element index ``i``. The second changes under any single-bit flip (the weight is odd) and under
 swapped elements; both are integer sums, so they are exact and independent of how the array is sharded. The
-record (``{"format": 1, "arrays": {"<item>/<path>": {"sum", "weighted", "dtype", "shape"}}}``) is saved as the
-step's ``integrity`` JSON item, committed with the arrays. At restore, :func:`verify` recomputes the sums of the
-arrays read back and lists every array whose sums differ, and every float array holding a NaN or an infinity.
+record (``{"format": 1, "step": N, "arrays": {"<item>/<path>": {"sum", "weighted", "dtype", "shape"}}, "assets":
+{"<path under assets/>": sha256}}``) is saved as the step's ``integrity`` JSON item, committed with the arrays:
+``step`` is the step number it was saved as and ``assets`` the SHA-256 of every file the step ships under
+``assets/`` (norm stats, tokenizer files). At restore, :func:`verify` recomputes the sums of the arrays read back
+and lists every array whose sums differ, and every float array holding a NaN or an infinity. Records written before
+``step`` and ``assets`` existed have neither; nothing is compared for them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 import functools
+import hashlib
 from typing import Any
 
 import jax
@@ -69,15 +73,27 @@ def _sums(flat: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
     return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
 
 
-def array_record(items: Mapping[str, Any]) -> dict:
-    """The integrity record of ``{item name: tree of arrays}`` (see the module docstring)."""
+def file_digest(data: bytes) -> str:
+    """The SHA-256 (hex) the record keeps for a file's bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def array_record(items: Mapping[str, Any], *, step: int | None = None,
+                 assets: Mapping[str, str] | None = None) -> dict:
+    """The integrity record of ``{item name: tree of arrays}``, the step number it is saved as and the digests of the
+    step's asset files (``{path under assets/: file_digest}``); see the module docstring."""
     flat = _flat(items)
     arrays = {
         name: {"sum": int(v[0]), "weighted": int(v[1]), "dtype": str(flat[name].dtype),
                "shape": list(flat[name].shape)}
         for name, v in _sums(flat).items()
     }
-    return {"format": FORMAT, "arrays": arrays}
+    record = {"format": FORMAT, "arrays": arrays}
+    if step is not None:
+        record["step"] = int(step)
+    if assets is not None:
+        record["assets"] = dict(sorted(assets.items()))
+    return record
 
 
 def verify(items: Mapping[str, Any], record: Mapping | None) -> list[str]:

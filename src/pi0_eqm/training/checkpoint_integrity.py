@@ -23,6 +23,7 @@ from typing import Any
 import jax
 
 from pi0_eqm.data.normalize import NORM_STATS_FILE
+from pi0_eqm.training.checkpoint_checksums import file_digest
 from pi0_eqm.training.checkpoint_checksums import verify
 from pi0_eqm.training.checkpoint_layout import ASSETS_ITEM
 from pi0_eqm.training.checkpoint_layout import COMMIT_MARKER
@@ -57,10 +58,44 @@ def _json_problem(path: Path) -> str | None:
     return None
 
 
+def _integrity_record(step_dir: Path) -> Mapping | None:
+    """The step's integrity record, or ``None`` when it has none or it does not parse (reported elsewhere)."""
+    path = step_dir / INTEGRITY_ITEM / INTEGRITY_FILE
+    if _json_problem(path) is not None:
+        return None
+    record = json.loads(path.read_text())
+    return record if isinstance(record, Mapping) else None
+
+
+def _asset_problems(step_dir: Path, digests: Mapping[str, Any]) -> list[str]:
+    """Files under ``assets/`` that differ from, or are missing against, the digests saved with the step, and
+    norm-stats files it was not saved with."""
+    assets = step_dir / ASSETS_ITEM
+    problems = []
+    for rel, digest in sorted(digests.items()):
+        f = assets / rel
+        if not f.is_file():
+            problems.append(f"{ASSETS_ITEM}/{rel}: missing (it was saved with this step)")
+            continue
+        try:
+            data = f.read_bytes()
+        except PermissionError as e:
+            raise PermissionError(f"cannot read {f}: permission denied. The file is not damaged and nothing was set "
+                                  "aside; give this user read access and run the same command again") from e
+        if file_digest(data) != digest:
+            problems.append(f"{ASSETS_ITEM}/{rel}: differs from the file saved with this step (checksum mismatch)")
+    if assets.is_dir():
+        for f in sorted(assets.rglob(NORM_STATS_FILE)):
+            if f.relative_to(assets).as_posix() not in digests:
+                problems.append(f"{f.relative_to(step_dir)}: not saved with this step (not in its integrity record)")
+    return problems
+
+
 def step_notes(step_dir: str | os.PathLike) -> list[str]:
-    """Problems in the parts of a step that resuming does not read: orbax's step metadata and the copies of the norm
-    stats under ``assets/`` (the trainer reads its config's assets). Serving reads the latter, so
-    :func:`check_checkpoint_step` reports them by default."""
+    """Problems in the parts of a step that resuming does not read: orbax's step metadata and the files under
+    ``assets/`` (norm stats, tokenizer files: the trainer reads its config's assets), checked against the digests of
+    the step's integrity record when it has them. Serving reads the assets, so :func:`check_checkpoint_step` reports
+    these by default."""
     step_dir = Path(step_dir)
     notes = []
     if (p := _json_problem(step_dir / STEP_METADATA_FILE)) is not None:
@@ -70,6 +105,10 @@ def step_notes(step_dir: str | os.PathLike) -> list[str]:
         for f in assets.rglob(NORM_STATS_FILE):
             if (p := _json_problem(f)) is not None:
                 notes.append(f"{f.relative_to(step_dir)}: {p}")
+    record = _integrity_record(step_dir)
+    if record is not None and isinstance(record.get("assets"), Mapping):
+        reported = {n.split(":")[0] for n in notes}  # a file that does not parse is named once
+        notes.extend(p for p in _asset_problems(step_dir, record["assets"]) if p.split(":")[0] not in reported)
     return notes
 
 
@@ -118,6 +157,11 @@ def check_checkpoint_step(step_dir: str | os.PathLike, *, notes: bool = True) ->
     config_dir = step_dir / TRAIN_CONFIG_ITEM
     if config_dir.exists() and (p := _json_problem(config_dir / TRAIN_CONFIG_FILE)) is not None:
         problems.append(f"{TRAIN_CONFIG_ITEM}/: {p}")
+    record = _integrity_record(step_dir)
+    saved_as = record.get("step") if record is not None else None
+    if isinstance(saved_as, int) and step_dir.name.isdigit() and saved_as != int(step_dir.name):
+        problems.append(f"{INTEGRITY_ITEM}/: this step was saved as step {saved_as}, but its directory is step "
+                        f"{step_dir.name} (another step's files under this number?)")
     return problems + (step_notes(step_dir) if notes else [])
 
 

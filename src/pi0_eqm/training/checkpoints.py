@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 
 from pi0_eqm.data.normalize import NormStats
 from pi0_eqm.training.checkpoint_assets import NormStatsSave
+from pi0_eqm.training.checkpoint_assets import asset_digests
 from pi0_eqm.training.checkpoint_assets import restore_norm_stats
 from pi0_eqm.training.checkpoint_assets import validate_data_state
 from pi0_eqm.training.checkpoint_assets import validate_norm_stats
@@ -177,7 +178,8 @@ def save_state(
     args = {
         PARAMS_ITEM: ocp.args.PyTreeSave(params_item),
         TRAIN_STATE_ITEM: ocp.args.PyTreeSave(train_state_item),
-        INTEGRITY_ITEM: ocp.args.JsonSave(array_record({PARAMS_ITEM: params_item, TRAIN_STATE_ITEM: train_state_item})),
+        INTEGRITY_ITEM: ocp.args.JsonSave(array_record({PARAMS_ITEM: params_item, TRAIN_STATE_ITEM: train_state_item},
+                                                       step=step, assets=asset_digests(norm_stats, asset_dirs) if norm_stats else {})),
     }
     if norm_stats:
         args[ASSETS_ITEM] = NormStatsSave(norm_stats, asset_dirs)
@@ -275,8 +277,9 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Tra
         rng=ts["rng"],
     )
     saved_step = int(jax.device_get(ts["step"]))
-    if saved_step != step:
-        logger.warning("checkpoint directory %s holds train state step %d", step_dir, saved_step)
+    if saved_step != step:  # another step's files under this number: resuming it would re-save steps already there
+        raise CheckpointIntegrityError([f"{TRAIN_STATE_ITEM}: holds the train state of step {saved_step}, not of step "
+                                        f"{step} (another step's files copied under this step's number?)"])
     return state, data_state
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from pi0_eqm.errors import InvalidRequestError
-
 
 def _max_frames(args: list[str]) -> tuple[int | None, list[str]]:
     """The value of ``--max-frames`` (``N`` or ``=N`` form) and the remaining args."""
@@ -48,8 +46,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, FileExistsError, ValueError, InvalidRequestError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from pi0_eqm.cli import guarded
+
+    guarded(lambda: main(sys.argv[1:]))

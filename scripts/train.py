@@ -58,15 +58,10 @@ def _quiet_failed_saves() -> None:
     sys.unraisablehook = hook
 
 
-def _fail(e: BaseException) -> None:
-    """A user error: one paragraph on stderr, exit code 2 (``--debug`` shows the traceback instead)."""
-    print(f"error: {' '.join(str(e).split()) or type(e).__name__}\n(run with --debug for the traceback)", file=sys.stderr)
-    sys.exit(2)
-
-
 def main() -> None:
-    debug = "--debug" in sys.argv[1:]
-    sys.argv = [a for a in sys.argv if a != "--debug"]
+    from pi0_eqm import cli
+
+    debug = cli.pop_debug_flag()
     _setup()
     if not debug:
         _quiet_failed_saves()
@@ -86,7 +81,7 @@ def main() -> None:
     except user_errors as e:
         if debug:
             raise
-        _fail(e)
+        cli.fail(e)
     h = out["history"]
     if h:
         print(f"finished at step {out['last_step']}: loss {h[-1]['loss']:.4f}; checkpoints in {cfg.checkpoint_dir}")

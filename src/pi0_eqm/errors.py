@@ -1,4 +1,6 @@
-"""Exceptions shared across packages."""
+"""Exceptions shared across packages, and the one-line form errors are reported in."""
+
+import re
 
 
 class InvalidRequestError(ValueError):
@@ -13,3 +15,14 @@ class FeatureNotFoundError(KeyError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class CheckpointReadError(ValueError):
+    """A params checkpoint's files cannot be read (damaged, truncated or incomplete); the message names the directory."""
+
+
+def one_line(e: BaseException) -> str:
+    """``str(e)`` on one line, without TensorStore's spec dump (its errors carry the whole JSON spec)."""
+    text = re.split(r"\s*(?:See full TensorStore details:|\[tensorstore_spec=)", str(e), maxsplit=1)[0]
+    text = re.sub(r"<bound method [^>]*>|TensorStore\(\{.*", "", text, flags=re.S)
+    return " ".join(text.split()) or type(e).__name__

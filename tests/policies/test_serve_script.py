@@ -39,7 +39,8 @@ def test_port_in_use_is_one_line_before_the_checkpoint_loads(trained_libero):
         sock.close()
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: cannot listen on 127.0.0.1:") and "in use" in lines[-1], proc.stderr[-2000:]
+    assert lines[-1] == "(run with --debug for the traceback)", proc.stderr[-2000:]
+    assert lines[-2].startswith("error: cannot listen on 127.0.0.1:") and "in use" in lines[-2], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "loading" not in proc.stderr.lower()
     assert time.monotonic() - t0 < 120
 

@@ -254,6 +254,9 @@ def load_norm_stats(directory: str | Path) -> dict[str, NormStats]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); the file may be truncated") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not text ({e.reason} at byte {e.start}); the file is damaged: compute the norm "
+                         "stats again or copy them from the checkpoint's assets") from e
     if not isinstance(data, dict) or not isinstance(data.get("norm_stats"), dict):
         raise ValueError(f'{path}: expected {{"norm_stats": {{key: {{mean, std, q01, q99}}}}}}, got top-level keys {list(data) if isinstance(data, dict) else type(data).__name__}')
     out = {}

@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 import logging
 from pathlib import Path
-import re
 import weakref
 
 import jax
 import orbax.checkpoint as ocp
 
 from pi0_eqm.data.normalize import NormStats
+from pi0_eqm.errors import one_line
 from pi0_eqm.training.checkpoint_assets import NormStatsSave
 from pi0_eqm.training.checkpoint_assets import asset_digests
 from pi0_eqm.training.checkpoint_assets import restore_norm_stats
@@ -283,17 +283,10 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Tra
     return state, data_state
 
 
-def _clean(e: BaseException) -> str:
-    """``str(e)`` on one line without TensorStore's spec dump (a pybind11 'bound method' repr)."""
-    text = re.split(r"\s*See full TensorStore details:", str(e), maxsplit=1)[0]
-    text = re.sub(r"<bound method [^>]*>|TensorStore\(\{.*", "", text, flags=re.S)
-    return " ".join(text.split())
-
-
 def _short(e: BaseException, limit: int = 400) -> str:
-    text = _clean(e)
+    text = one_line(e)
     cause = e.__cause__ or e.__context__
-    if cause is not None and (detail := _clean(cause)) and detail not in text:
+    if cause is not None and (detail := one_line(cause)) and detail not in text:
         text = f"{text} ({type(cause).__name__}: {detail})"
     return text if len(text) <= limit else text[:limit] + " ..."
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import contextlib
 import os
 from pathlib import Path
 import shutil
@@ -20,12 +21,28 @@ import orbax.checkpoint as ocp
 
 from pi0_eqm.atomic import publish_dir
 from pi0_eqm.atomic import sibling
+from pi0_eqm.errors import CheckpointReadError
+from pi0_eqm.errors import one_line
 
 PARAMS_ITEM = "params"
 
 
 def _item_metadata_tree(item_dir: Path):
     return ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir)).tree
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Reports a failed read of the checkpoint at ``path`` (TensorStore raises ``ValueError`` for damaged, truncated
+    or missing files) as a :class:`CheckpointReadError` naming it; a permission error stays a ``PermissionError``."""
+    try:
+        yield
+    except PermissionError as e:
+        raise PermissionError(f"cannot read the params checkpoint {path}: permission denied ({one_line(e)}); give "
+                              "this user read access to it and run the same command again") from e
+    except (ValueError, OSError) as e:
+        raise CheckpointReadError(f"cannot read the params checkpoint {path}: {one_line(e)}. Its files are damaged "
+                                  "or incomplete: export the step again, or use another step or export") from e
 
 
 def _default_sharding() -> jax.sharding.Sharding:
@@ -72,7 +89,8 @@ def restore_params(
     replicated. ``restore_type=np.ndarray`` gives host numpy arrays (sharding ignored).
     """
     path = _resolve_params_dir(path)
-    tree = _item_metadata_tree(path)
+    with _reading(path):
+        tree = _item_metadata_tree(path)
     if not isinstance(tree, Mapping) or PARAMS_ITEM not in tree:
         keys = list(tree) if isinstance(tree, Mapping) else type(tree).__name__
         raise ValueError(
@@ -101,7 +119,7 @@ def restore_params(
             flat_args[k] = ocp.ArrayRestoreArgs(restore_type=jax.Array, sharding=s, dtype=dtype)
     item = {PARAMS_ITEM: tree[PARAMS_ITEM]}
     restore_args = {PARAMS_ITEM: flax.traverse_util.unflatten_dict(flat_args)}
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _reading(path), ocp.PyTreeCheckpointer() as ckptr:
         restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))[PARAMS_ITEM]
     flat = flax.traverse_util.flatten_dict(restored)
     return flax.traverse_util.unflatten_dict(_strip_value_suffix(flat))

@@ -284,7 +284,7 @@ def test_the_integrity_record_covers_the_norm_stats_the_step_ships(tmp_path, edi
     refuse the step); resuming does not read it, so the step is used with a warning naming the file."""
     manager, _ = _open(tmp_path, async_save=False)
     states = {s: _small_state(s) for s in (1, 2)}
-    for s, state in states.items():
+    for state in states.values():
         ckpt.save_state(manager, state, ema=False, norm_stats=_norm_stats())
     step_dir = tmp_path / "run" / "2"
     (f,) = (step_dir / "assets").rglob("norm_stats.json")

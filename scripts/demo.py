@@ -16,7 +16,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 from pi0_eqm.benchmarks import toy  # noqa: E402
-from pi0_eqm.decoders.base import DecodeSettings  # noqa: E402
+from pi0_eqm.decoders.eqm import EqmDecodeSettings  # noqa: E402
 from pi0_eqm.models.configs import model_config  # noqa: E402
 from pi0_eqm.models.decoder_config import EqmConfig  # noqa: E402
 from pi0_eqm.models.decoder_config import FlowConfig  # noqa: E402
@@ -55,7 +55,7 @@ def main(args: Args) -> dict:
               f"{'action RMSE':>11}")
         runs = [(cfg.decoder.solver.threshold, default)] + [(eps, args.max_iters) for eps in args.thresholds]
         for eps, cap in runs:
-            r = toy.evaluate(cfg, params, settings=DecodeSettings(threshold=eps, max_iters=cap))
+            r = toy.evaluate(cfg, params, settings=EqmDecodeSettings(threshold=eps, max_iters=cap))
             rows.append({"threshold": eps, "max_iters": cap, **r})
             print(f"{eps:>8.0e} {cap:>5d} {r['iterations_mean']:>10.1f} {r['iterations_p90']:>9.0f} "
                   f"{r['residual_mean']:>9.2e} {r['converged_frac']:>9.2f} {r['action_rmse']:>11.3f}")

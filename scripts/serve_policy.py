@@ -12,7 +12,9 @@ dict overrides the decoder settings within ``--max-request-iters`` / ``--min-req
 ``{"__control__": "reset"}`` (or ``"__reset__": True`` in an observation) resets the session's warm-start state, and
 a new episode is also detected without it (prompt change, time gap, state jump: ``--episodes.*``). The metadata frame
 declares ``executed_actions_per_chunk``, ``warm_start`` and ``new_episode_detection``. The port is bound before the
-checkpoint loads; ``/healthz`` answers 503 until the warm-up compile is done.
+checkpoint loads; ``/healthz`` answers 503 until the warm-up compile is done. The warm-up compiles the decode of each
+padded batch size (with and without a real-time prefix) for ``--variant`` and each ``--warm-variants`` entry; a
+request for any other solver variant gets an error frame rather than a compile that would stall every client.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class Args:
     api_key: str | None = None  # require "Authorization: Api-Key <key>" (openpi's client sends it given api_key)
     episodes: EpisodeDetection = EpisodeDetection()  # new-episode signals (--episodes.gap-s, --episodes.state-jump)
     warm_up: bool = True  # compile before /healthz says ready
+    # EqM solver variants compiled at warm-up besides --variant's; a request for a variant not compiled is refused
+    # (error frame) so no client waits for another's compile (--no-warm-up: any variant, compiled on first use)
+    warm_variants: tuple[str, ...] = ()
 
 
 def build_server(args: Args):
@@ -81,7 +86,12 @@ def build_server(args: Args):
                      "max_batch": args.max_batch})
     example = spec.example(np.random.default_rng(0), size, prompt=args.default_prompt or "warm up")
     buckets = [1 << i for i in range((args.max_batch - 1).bit_length() + 1)]  # the padded batch sizes
-    warmup = (lambda: policy.warm_up(example, buckets)) if args.warm_up else None
+    if args.warm_variants and "variant" not in policy.decoder.compiled_fields:
+        raise ValueError(f"--warm-variants: the {cfg.model.decoder.kind} decoder has no solver variants")
+    also = [{"variant": v} for v in args.warm_variants]
+    for overrides in also:
+        policy.settings.updated(overrides)  # an unknown variant is refused here, before the warm-up
+    warmup = (lambda: policy.warm_up(example, buckets, also=also, refuse_cold=True)) if args.warm_up else None
     return PolicyServer(policy, sock=sock, metadata=metadata, schema=spec.schema(size), max_workers=args.max_workers,
                         max_connections=args.max_connections, max_connections_per_peer=args.max_connections_per_peer,
                         idle_timeout=args.idle_timeout, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,

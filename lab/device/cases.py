@@ -134,8 +134,8 @@ def infer(size: str, which: str, batch_sizes: list[int], repeats: int) -> dict[s
                "prefix_compile_s": prefill_s}
         init = jax.random.normal(jax.random.key(1), (b, cfg.action_horizon, cfg.action_dim))
         for name, pol in policies.items():
-            knobs = pol.decoder.traced(pol.decoder.resolve(pol.settings))
-            fn = pol.compiled_decode(None)
+            ds = pol.decoder.resolve(pol.settings)
+            knobs, fn = pol.decoder.traced(ds), pol.compiled_decode(pol.compiled_key(ds))
             args = (params, obs, jax.random.key(0), init, knobs)
             t = time.perf_counter()
             actions, iters, *_ = jax.block_until_ready(fn(*args))

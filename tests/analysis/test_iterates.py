@@ -9,7 +9,7 @@ from pi0_eqm_experiments.analysis import iterates as it
 import pytest
 
 from pi0_eqm.data.normalize import NormStats
-from pi0_eqm.decoders.base import DecodeSettings
+from pi0_eqm.decoders.eqm import EqmDecodeSettings
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.decoders.solver import normalized_residual
 from pi0_eqm.policies.policy_config import policy_from_params
@@ -124,7 +124,7 @@ def random_policy():
     return policy_from_params(cfg, params, stats, settings=DecoderSettings(executed=4))
 
 
-SHORT = DecodeSettings(threshold=0.0, max_iters=24)
+SHORT = EqmDecodeSettings(threshold=0.0, max_iters=24)
 
 
 def test_record_solve_shapes_and_robot_space(random_policy):
@@ -164,7 +164,7 @@ def test_full_trajectory_predicts_what_a_thresholded_solve_returns(contracting_p
     pol = contracting_policy
     obs = _metaworld_obs(np.random.default_rng(1))
     # The paper's slow step (η 0.003, μ 0.3): the residual falls geometrically over many iterations.
-    settings = DecodeSettings(threshold=0.0, max_iters=60, step_size=0.003, momentum=0.3, guard=False)
+    settings = EqmDecodeSettings(threshold=0.0, max_iters=60, step_size=0.003, momentum=0.3, guard=False)
     full = it.record_solve(pol, obs, seed=5, settings=settings)
     r = full.residuals
     assert np.all(np.diff(r[5:]) < 0)

@@ -6,7 +6,7 @@ from pi0_eqm_experiments.analysis import iterates as it
 import pytest
 
 from pi0_eqm.data.normalize import NormStats
-from pi0_eqm.decoders.base import DecodeSettings
+from pi0_eqm.decoders.eqm import EqmDecodeSettings
 from pi0_eqm.policies.policy_config import policy_from_params
 from pi0_eqm.training.config import get_config
 
@@ -46,7 +46,7 @@ def test_closed_loop_records_on_a_real_env():
     stats = {"state": NormStats(mean=np.full(4, 0.3), std=np.full(4, 0.2)),
              "actions": NormStats(mean=np.zeros(4), std=np.full(4, 0.3))}
     policy = policy_from_params(cfg, cfg.model.init(jax.random.key(0)), stats)
-    settings = DecodeSettings(threshold=0.0, max_iters=16)
+    settings = EqmDecodeSettings(threshold=0.0, max_iters=16)
     with mw.MetaWorldEnv(TASK, seed=1000, max_steps=40) as env, mw.MetaWorldEnv(TASK, seed=1000, max_steps=40) as sc:
         reps = it.closed_loop_records(policy, env, 0, replan_every=6, num_chunks=3, eps=1e-2, scratch_env=sc,
                                       settings=settings)

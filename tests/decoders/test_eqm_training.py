@@ -148,16 +148,16 @@ def test_real_dim_loss_ignores_padded_dims_and_decoding_keeps_them_zero():
 def test_flow_steps_are_traced_and_match_the_static_scan():
     """Flow's Euler step count reaches the decoder as a traced value (one compile for any count) and gives exactly
     the chunk of the static ``lax.scan`` path (the one ``record=True`` uses)."""
-    from pi0_eqm.decoders.base import DecodeSettings
+    from pi0_eqm.decoders.flow import FlowDecodeSettings
 
     cfg = model_config("pi0_tiny", FlowConfig(), real_action_dim=4, image_resolution=(16, 16), action_horizon=4)
     dec = make_decoder(cfg)
     params = cfg.init(jax.random.key(0))
     obs, _, _ = toy_data.make_batch(cfg, 2, np.random.default_rng(0))
-    traced = jax.jit(lambda p, o, r, n: dec.decode(p, o, r, settings=DecodeSettings(max_iters=n)))
+    traced = jax.jit(lambda p, o, r, n: dec.decode(p, o, r, settings=FlowDecodeSettings(max_iters=n)))
     for n in (3, 10):
         a, stats = traced(params, obs, jax.random.key(1), jnp.int32(n))
-        b, _ = dec.decode(params, obs, jax.random.key(1), settings=DecodeSettings(max_iters=n), record=True)
+        b, _ = dec.decode(params, obs, jax.random.key(1), settings=FlowDecodeSettings(max_iters=n), record=True)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert stats.iterations.tolist() == [n, n]
     assert traced._cache_size() == 1

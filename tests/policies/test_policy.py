@@ -21,6 +21,8 @@ from pi0_eqm.training.params_io import restore_params
 from pi0_eqm.training.params_io import save_params
 from tests.policies.conftest import libero_obs
 
+NESTEROV = (("variant", "nesterov"),)  # the compiled key (Policy.compiled_key) of the default solver variant
+
 
 def test_policy_infers_libero_actions_and_warm_starts(trained_libero):
     cfg, step_dir = trained_libero
@@ -72,11 +74,11 @@ def test_one_compiled_decode_serves_every_solver_setting(trained_libero):
     iters = [policy.infer({**libero_obs(rng), "decoder_settings": r}, session="s")["solver"]["iterations"]
              for r in requests]
     assert iters[0] == 3 and iters[1] == 7 and iters[2] == 4 and iters[4] <= 5 and iters[5] <= 6
-    assert list(policy._decode_cache) == [("nesterov", False)]
-    assert policy._decode_cache[("nesterov", False)]._cache_size() == 1
+    assert list(policy._decode_cache) == [(NESTEROV, False)]
+    assert policy._decode_cache[(NESTEROV, False)]._cache_size() == 1
     out = policy.infer({**libero_obs(rng), "decoder_settings": {"preset": "bb", "max_iters": 4}}, session="s")
     assert 1 <= out["solver"]["iterations"] <= 4
-    assert sorted(policy._decode_cache) == [("bb", False), ("nesterov", False)]
+    assert sorted(policy._decode_cache) == [((("variant", "bb"),), False), (NESTEROV, False)]
     # The preset's values are what ran: the paper preset's cap applies when the request gives none.
     resolved = policy.decoder.resolve(DecoderSettings(preset="paper"))
     assert (resolved.step_size, resolved.momentum, resolved.max_iters, resolved.guard) == (0.003, 0.3, 300, False)
@@ -135,10 +137,9 @@ def test_flow_policy_from_params_runs():
 
 def test_norm_stats_of_another_width_are_refused_naming_the_file(trained_libero, tmp_path):
     """A checkpoint whose norm stats do not have the robot's dims is refused, never served with sliced or padded
-    stats (openpi would slice them silently)."""
+    stats (openpi would slice them silently). An export (a training step's own record would refuse any edit)."""
     cfg, step_dir = trained_libero
-    copy = tmp_path / "step"
-    shutil.copytree(step_dir, copy)
+    copy = export_checkpoint(step_dir, tmp_path / "export")
     stats_dir = copy / "assets" / "physical-intelligence/libero"
     stats = load_norm_stats(stats_dir)
     wide = NormStats(mean=np.zeros(10), std=np.ones(10), q01=-np.ones(10), q99=np.ones(10))

@@ -74,10 +74,11 @@ def test_batched_results_equal_unbatched_per_session(trained_libero):
             assert out["solver"]["iterations"] == ref["solver"]["iterations"]
             np.testing.assert_allclose(out["actions"], ref["actions"], rtol=1e-4, atol=1e-5)
     # One compiled decode per batch size used (1 and the padded 4), every setting traced.
-    assert list(batched._decode_cache) == [("nesterov", False)] and batched._decode_cache[("nesterov", False)]._cache_size() == 1
-    assert single._decode_cache[("nesterov", False)]._cache_size() == 1
+    key = ((("variant", "nesterov"),), False)  # (Policy.compiled_key of the default variant, no prefix)
+    assert list(batched._decode_cache) == [key] and batched._decode_cache[key]._cache_size() == 1
+    assert single._decode_cache[key]._cache_size() == 1
     outs = batched.infer_batch([(sessions["s0"][0], "x"), (sessions["s1"][0], "y")])
-    assert batched._decode_cache[("nesterov", False)]._cache_size() == 2
+    assert batched._decode_cache[key]._cache_size() == 2
 
 
 def test_batch_with_mixed_settings_and_a_bad_request(trained_libero):

@@ -43,7 +43,7 @@ def test_committed_rows_come_back_as_sent_and_one_compile_serves_every_delay(pol
         out = policy.infer({**obs, COMMITTED_KEY: committed, OVERLAP_KEY: first[4 + d:]})
         np.testing.assert_allclose(out["actions"][:d], committed, atol=1e-5)  # float32 normalize/delta round trip
         assert out["solver"]["prefix_rows"] == d and out["solver"]["prefix_method"] == "inpaint"
-    assert policy._decode_cache[("nesterov", True)]._cache_size() == 1  # the delay is data, not a compile
+    assert policy._decode_cache[((("variant", "nesterov"),), True)]._cache_size() == 1  # the delay is data, not a compile
 
 
 def test_model_space_prefix_is_the_warm_start_transform(policy):
@@ -138,8 +138,25 @@ def test_warm_up_compiles_the_prefix_decode_too(trained_libero):
     """A robot's first asynchronous request (the first with committed rows) must not wait for a compile."""
     cfg, step_dir = trained_libero
     pol = create_trained_policy(cfg, step_dir, settings=DecoderSettings(executed=4))
-    variant = pol.decoder.resolve(pol.settings).variant
-    assert pol.compiled_decode(variant, True)._cache_size() == 0
+    key = pol.compiled_key(pol.decoder.resolve(pol.settings))
+    assert pol.compiled_decode(key, True)._cache_size() == 0
     pol.warm_up(libero_obs(np.random.default_rng(7)), batch_sizes=(1,))
-    assert pol.compiled_decode(variant, False)._cache_size() == 1
-    assert pol.compiled_decode(variant, True)._cache_size() == 1
+    assert pol.compiled_decode(key, False)._cache_size() == 1
+    assert pol.compiled_decode(key, True)._cache_size() == 1
+
+
+def test_a_variant_not_compiled_at_warm_up_is_refused_not_compiled(trained_libero):
+    """A first use of another solver variant used to compile while every session waited: after a refusing warm-up
+    only the warmed variants decode, each with and without a prefix, and the others get a clear error, no compile."""
+    cfg, step_dir = trained_libero
+    pol = create_trained_policy(cfg, step_dir)
+    obs = libero_obs(np.random.default_rng(7))
+    pol.warm_up(obs, batch_sizes=(1,), also=[{"variant": "bb"}], refuse_cold=True)
+    for variant in ("nesterov", "bb"):
+        key = (("variant", variant),)
+        assert [pol.compiled_decode(key, p)._cache_size() for p in (False, True)] == [1, 1]
+        assert pol.infer({**obs, "decoder_settings": {"variant": variant}}, session=variant)["actions"].shape[0] == cfg.model.action_horizon
+    with pytest.raises(InvalidRequestError, match=r"variant='gd' are not compiled on this server \(compiled at "
+                                                  r"warm-up: variant='bb', variant='nesterov'\)"):
+        pol.infer({**obs, "decoder_settings": {"variant": "gd"}}, session="gd")
+    assert pol.compiled_decode((("variant", "gd"),), False)._cache_size() == 0

@@ -73,7 +73,8 @@ def test_served_checkpoint_is_ready_after_warm_up_and_declares_its_assumptions(t
     cfg, step_dir = trained_libero
     port = _free_port()
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--checkpoint", str(step_dir), "--config", cfg.name,
-                             "--port", str(port), "--max-batch", "2", "--warm-start", "aligned", "--executed", "5"],
+                             "--port", str(port), "--max-batch", "2", "--warm-start", "aligned", "--executed", "5",
+                             "--warm-variants", "bb"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         seen, deadline = [], time.monotonic() + 240
@@ -94,6 +95,11 @@ def test_served_checkpoint_is_ready_after_warm_up_and_declares_its_assumptions(t
             out = client.infer(libero_obs(np.random.default_rng(0)))
             assert out["actions"].shape == (cfg.model.action_horizon, 7)
             assert time.monotonic() - t0 < 5  # compiled during the warm-up, not now
+            t0 = time.monotonic()
+            bb = client.infer({**libero_obs(np.random.default_rng(2)), "decoder_settings": {"variant": "bb"}})
+            assert bb["actions"].shape == out["actions"].shape and time.monotonic() - t0 < 5  # --warm-variants
+            with pytest.raises(RuntimeError, match="variant='gd' are not compiled on this server"):
+                client.infer({**libero_obs(np.random.default_rng(3)), "decoder_settings": {"variant": "gd"}})
             with pytest.raises(RuntimeError, match="above this server's per-request cap of 100"):
                 client.infer({**libero_obs(np.random.default_rng(1)), "decoder_settings": {"max_iters": 10_000}})
     finally:

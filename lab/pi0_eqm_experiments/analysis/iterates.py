@@ -39,12 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi0_eqm.data import transforms as _t
-from pi0_eqm.decoders.base import DecodeSettings
+from pi0_eqm.decoders.eqm import EqmDecodeSettings
 from pi0_eqm.decoders.warm_start import warm_start_init
 from pi0_eqm.models.observation import Observation
 
 # Default recording settings: never stop early, so every threshold can be evaluated on one trajectory.
-FULL_TRAJECTORY = DecodeSettings(threshold=0.0, max_iters=60)
+FULL_TRAJECTORY = EqmDecodeSettings(threshold=0.0, max_iters=60)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +142,7 @@ def _decode_recorded(params, obs, rng, init, *, decoder, settings):
 
 
 def record_solve(policy, obs: Mapping[str, Any], *, init: np.ndarray | None = None, seed: int = 0,
-                 settings: DecodeSettings = FULL_TRAJECTORY) -> SolveRecord:
+                 settings: EqmDecodeSettings = FULL_TRAJECTORY) -> SolveRecord:
     """Runs the policy's EqM solver on one robot observation with trajectory recording.
 
     ``init [H, D]`` (model space) is the initial iterate, e.g. :func:`noise_chunk` (cold) or :func:`warm_start_from`
@@ -274,7 +274,7 @@ class Replan:
 
 def closed_loop_records(policy, env, episode: int, *, replan_every: int, num_chunks: int, eps: float = 1e-2,
                         seed: int = 0, warm_mode: str = "aligned", scratch_env=None,
-                        settings: DecodeSettings = FULL_TRAJECTORY, cap: int | None = None) -> list[Replan]:
+                        settings: EqmDecodeSettings = FULL_TRAJECTORY, cap: int | None = None) -> list[Replan]:
     """Runs the policy closed loop for up to ``num_chunks`` chunks of episode ``episode``, recording at every
     replanning point a cold solve and (after the first chunk) a warm-started solve from the *same* noise, as
     ``Policy.infer`` would build it. The chunk executed is what the deployed policy would execute: the warm solve's

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.envs import metaworld as mw
 from pi0_eqm.models.observation import Observation
 from pi0_eqm_experiments.analysis.iterates import policy_model_inputs
@@ -69,8 +68,8 @@ def batched_decode(policy, states: Sequence[ExpertState], settings, *, noise_see
     """Decodes every state from noise (state ``i`` always gets the same noise) with ``DecoderSettings`` ``settings``;
     returns model-space ``actions [N, H, D]``, ``iterations``, ``residual``, ``converged``."""
     cfg = policy.config
-    ds: DecodeSettings = policy.decoder.resolve(settings)
-    fn = policy.compiled_decode(ds.variant)
+    ds = policy.decoder.resolve(settings)
+    fn = policy.compiled_decode(policy.compiled_key(ds))
     knobs = policy.decoder.traced(ds)
     noise = np.asarray(jax.random.normal(jax.random.key(noise_seed), (len(states), cfg.action_horizon, cfg.action_dim)))
     parts = []

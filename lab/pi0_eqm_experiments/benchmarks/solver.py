@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_eqm.decoders.base import DecodeSettings
+from pi0_eqm.decoders.eqm import EqmDecodeSettings
 from pi0_eqm.decoders.eqm import EqmDecoder
 from pi0_eqm.decoders.warm_start import warm_start_init
 from pi0_eqm.models.pi0 import Pi0
@@ -42,7 +42,7 @@ def timing(config: Pi0Config, params, batch_size: int, k_lo: int = 20, k_hi: int
     expert = jax.jit(lambda p, c, m, s, a: model.apply({"params": p}, c, m, s, a, zero_t, method=Pi0.expert_field))
 
     def decode_k(k):
-        settings = DecodeSettings(max_iters=k, threshold=0.0)
+        settings = EqmDecodeSettings(max_iters=k, threshold=0.0)
         return jax.jit(lambda p, o, r: dec.decode(p, o, r, settings=settings)[0])
 
     d_lo, d_hi = decode_k(k_lo), decode_k(k_hi)
@@ -84,7 +84,7 @@ def warm_vs_cold(config: Pi0Config, params, *, batch_size: int = 32, executed: i
     state = rng.uniform(-1, 1, (batch_size, d)).astype(np.float32)
     rows = []
     for eps in thresholds:
-        settings = DecodeSettings(threshold=eps, max_iters=300)  # iterations to ε, not the default 10-forward cap
+        settings = EqmDecodeSettings(threshold=eps, max_iters=300)  # iterations to ε, not the default 10-forward cap
         decode = jax.jit(lambda p, o, r, init, s=settings: dec.decode(p, o, r, init=init, settings=s))
         obs0 = toy.make_obs(config, ids, state, np.random.default_rng(seed))
         noise0 = jax.random.normal(jax.random.key(seed), (batch_size, h, config.action_dim))

@@ -5,9 +5,12 @@ A decoder (``Decoder`` below; one class per ``kind``, registered in ``pi0_eqm.de
 * training: ``training_example(actions, rng) -> (x, t, target, loss_mask)`` and ``loss(params, obs, actions, rng)
   -> (per-token loss [B, H], loss_mask [B, H] | None)`` (one uncached forward over prefix + suffix; ``loss_mask`` is
   False on rows that carry no loss: the committed rows of training-time real-time chunking, ``max_delay``);
-* inference: ``resolve(DecoderSettings) -> DecodeSettings`` (every field filled from the request, the preset or the
-  config), ``traced(DecodeSettings)`` (the values a compiled decode takes as arguments) and ``decode(params, obs, rng,
-  *, init=None, settings=None, prefix=None, record=False) -> (actions, DecodeStats)``: compute the prefix KV cache
+* inference: each decoder owns its resolved settings type, ``Settings`` (a frozen dataclass with at least
+  ``max_iters``, the budget of expert forwards per chunk; ``None`` fields keep the config's value): ``resolve
+  (DecoderSettings) -> Settings`` (every field filled from the request, the preset or the config), ``traced
+  (settings)`` (the values a compiled decode takes as arguments; the ``compiled_fields`` are compiled in, one program
+  per value) and ``decode(params, obs, rng, *, init=None, settings=None, prefix=None, record=False) -> (actions,
+  DecodeStats)``: compute the prefix KV cache
   once, then iterate only the action expert against it; ``prefix`` (``decoders.realtime.Prefix``) is the committed
   prefix and overlap of real-time chunking, which the decoder honours in its own way (``prefix_method``; a decoder
   trained with committed prefixes, ``prefix_trained`` > 0, takes at most that many committed rows).
@@ -17,7 +20,6 @@ Callers use only these members; none branches on which decoder runs.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 from typing import ClassVar
 from typing import Protocol
@@ -43,24 +45,10 @@ class DecodeStats:
     vjps: jax.Array | None = None  # [B] int32: VJPs through the expert (flow's RTC guidance: one per Euler step)
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodeSettings:
-    """Evaluation-time decoder options; ``None`` keeps the config's value.
-
-    ``max_iters`` is the budget of expert forwards per chunk for both decoders (flow: Euler steps). ``variant`` is
-    compiled in; the other fields may be traced arrays (one compiled decoder then serves every value).
-    """
-
-    max_iters: Any = None
-    threshold: Any = None
-    step_size: Any = None
-    momentum: Any = None
-    variant: str | None = None
-    guard: Any = None
-
-
 class Decoder(Protocol):
     kind: ClassVar[str]  # the ``kind`` of the decoder config it runs ("flow", "eqm")
+    Settings: ClassVar[type]  # its resolved settings (``max_iters`` and its own fields)
+    compiled_fields: ClassVar[tuple[str, ...]]  # fields of ``Settings`` compiled in; the others are traced
     warm_starts: ClassVar[bool]  # whether ``decode(init=...)`` may be seeded from the previous chunk
     prefix_method: str  # what ``decode(prefix=...)`` does: "rtc_guided" / "rtc_trained" (flow), "inpaint" (EqM)
     prefix_trained: int  # the decoder config's ``max_delay``: committed rows per training chunk (0: none)
@@ -70,9 +58,9 @@ class Decoder(Protocol):
     def training_example(self, actions: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array,
                                                                              jax.Array | None]: ...
 
-    def resolve(self, settings: DecoderSettings) -> DecodeSettings: ...
+    def resolve(self, settings: DecoderSettings) -> Any: ...
 
-    def traced(self, settings: DecodeSettings) -> dict[str, np.ndarray]: ...
+    def traced(self, settings: Any) -> dict[str, np.ndarray]: ...
 
     def loss(self, params: Any, obs: Observation, actions: jax.Array,
              rng: jax.Array) -> tuple[jax.Array, jax.Array | None]: ...
@@ -84,7 +72,7 @@ class Decoder(Protocol):
         rng: jax.Array,
         *,
         init: jax.Array | None = None,
-        settings: DecodeSettings | None = None,
+        settings: Any = None,
         prefix: Any = None,
         record: bool = False,
     ) -> tuple[jax.Array, DecodeStats]: ...

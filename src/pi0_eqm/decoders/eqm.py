@@ -13,13 +13,13 @@ the committed rows and 0 elsewhere, in training and in decoding.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.base import DecodeStats
 from pi0_eqm.decoders.realtime import Prefix
 from pi0_eqm.decoders.realtime import sample_committed
@@ -63,9 +63,25 @@ def eqm_training_pair(actions: jax.Array, rng: jax.Array, eqm: EqmConfig,
     return x, (noise - actions) * c
 
 
+@dataclasses.dataclass(frozen=True)
+class EqmDecodeSettings:
+    """The solver's evaluation-time settings; ``None`` keeps the config's value. ``max_iters`` is the budget of
+    expert forwards per chunk. ``variant`` is compiled in; the other fields may be traced arrays (one compiled decoder
+    then serves every value)."""
+
+    max_iters: Any = None
+    threshold: Any = None
+    step_size: Any = None
+    momentum: Any = None
+    variant: str | None = None
+    guard: Any = None
+
+
 class EqmDecoder:
     kind: ClassVar[str] = "eqm"
     warm_starts: ClassVar[bool] = True
+    Settings: ClassVar[type] = EqmDecodeSettings
+    compiled_fields: ClassVar[tuple[str, ...]] = ("variant",)
     prefix_method: ClassVar[str] = "inpaint"  # what decode(prefix=...) does (decoders.realtime)
 
     def __init__(self, config: Pi0Config):
@@ -78,7 +94,7 @@ class EqmDecoder:
         self._real_mask = config.action_dim_mask() if self.eqm.loss_dims == "real" else None
         self.prefix_trained = config.decoder.max_delay  # committed rows trained with (0: none)
 
-    def resolve(self, settings: DecoderSettings) -> DecodeSettings:
+    def resolve(self, settings: DecoderSettings) -> EqmDecodeSettings:
         """Every solver field: the explicit setting, else the preset's, else the config's solver's."""
         preset = solver_preset(settings.preset) if settings.preset is not None else None
         solver = self.eqm.solver
@@ -89,9 +105,9 @@ class EqmDecoder:
                 value = getattr(preset, name)
             return getattr(solver, name) if value is None else value
 
-        return DecodeSettings(**{f.name: pick(f.name) for f in dataclasses.fields(DecodeSettings)})
+        return EqmDecodeSettings(**{f.name: pick(f.name) for f in dataclasses.fields(EqmDecodeSettings)})
 
-    def traced(self, settings: DecodeSettings) -> dict[str, np.ndarray]:
+    def traced(self, settings: EqmDecodeSettings) -> dict[str, np.ndarray]:
         """Everything but the (compiled-in) variant."""
         return {"max_iters": np.int32(settings.max_iters), "threshold": np.float32(settings.threshold),
                 "step_size": np.float32(settings.step_size), "momentum": np.float32(settings.momentum),
@@ -145,7 +161,7 @@ class EqmDecoder:
 
         return f
 
-    def solver_config(self, settings: DecodeSettings | None, record: bool = False):
+    def solver_config(self, settings: EqmDecodeSettings | None, record: bool = False):
         """The config's solver with the (static) variant of ``settings``; the other settings are traced (``decode``).
         With ``record`` an int ``max_iters`` also sizes the trajectory buffers."""
         solver = self.eqm.solver
@@ -155,7 +171,7 @@ class EqmDecoder:
             solver = dataclasses.replace(solver, max_iters=settings.max_iters)
         return solver
 
-    def decode(self, params, obs: Observation, rng: jax.Array, *, init=None, settings: DecodeSettings | None = None,
+    def decode(self, params, obs: Observation, rng: jax.Array, *, init=None, settings: EqmDecodeSettings | None = None,
                prefix: Prefix | None = None, record: bool = False):
         """The solver from ``init`` (default: noise); with ``prefix`` the committed rows are clamped inside it
         (inpainting, no extra forwards) and the overlap rows optionally pulled toward the old plan."""
@@ -165,7 +181,7 @@ class EqmDecoder:
         a0 = jax.random.normal(rng, shape) if init is None else init
         if self._real_mask is not None:
             a0 = a0 * self._real_mask.astype(a0.dtype)
-        s = settings or DecodeSettings()
+        s = settings or EqmDecodeSettings()
         result = solve(self.field_fn(params, obs, prefix), a0, self.solver_config(settings, record),
                        cfg.action_dim_mask(), step_size=s.step_size, momentum=s.momentum, threshold=s.threshold,
                        max_iters=s.max_iters, guard=s.guard, prefix=prefix, record=record)

@@ -13,13 +13,14 @@ With a ``Prefix`` (``decoders.realtime``) the committed rows are honoured in one
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.base import DecodeStats
 from pi0_eqm.decoders.realtime import Prefix
 from pi0_eqm.decoders.realtime import rtc_guidance_weight
@@ -32,9 +33,19 @@ from pi0_eqm.models.pi0 import Pi0
 from pi0_eqm.models.pi0 import Pi0Config
 
 
+@dataclasses.dataclass(frozen=True)
+class FlowDecodeSettings:
+    """Flow's evaluation-time settings: ``max_iters`` Euler steps (``None``: the config's ``num_steps``; may be a
+    traced value)."""
+
+    max_iters: Any = None
+
+
 class FlowDecoder:
     kind: ClassVar[str] = "flow"
     warm_starts: ClassVar[bool] = False
+    Settings: ClassVar[type] = FlowDecodeSettings
+    compiled_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Pi0Config):
         if not isinstance(config.decoder, FlowConfig):
@@ -45,11 +56,11 @@ class FlowDecoder:
         self.prefix_trained = config.decoder.max_delay  # committed rows trained with (0: none)
         self.prefix_method = "rtc_trained" if self.prefix_trained else "rtc_guided"  # what decode(prefix=...) does
 
-    def resolve(self, settings: DecoderSettings) -> DecodeSettings:
+    def resolve(self, settings: DecoderSettings) -> FlowDecodeSettings:
         """Only the step budget applies to flow: ``max_iters`` Euler steps (default: the config's ``num_steps``)."""
-        return DecodeSettings(max_iters=settings.max_iters or self.flow.num_steps)
+        return FlowDecodeSettings(max_iters=settings.max_iters or self.flow.num_steps)
 
-    def traced(self, settings: DecodeSettings) -> dict[str, np.ndarray]:
+    def traced(self, settings: FlowDecodeSettings) -> dict[str, np.ndarray]:
         return {"max_iters": np.int32(settings.max_iters)}
 
     def sample_time(self, rng: jax.Array, batch_size: int) -> jax.Array:
@@ -77,7 +88,7 @@ class FlowDecoder:
         v_t = self.model.apply({"params": params}, obs, x_t, t, method=Pi0.full_field)
         return jnp.mean(jnp.square(v_t - u_t), axis=-1), loss_mask
 
-    def decode(self, params, obs: Observation, rng: jax.Array, *, init=None, settings: DecodeSettings | None = None,
+    def decode(self, params, obs: Observation, rng: jax.Array, *, init=None, settings: FlowDecodeSettings | None = None,
                prefix: Prefix | None = None, record: bool = False):
         cfg = self.config
         num_steps = self.flow.num_steps

@@ -3,7 +3,7 @@
 Every CLI takes them as one nested field (``decoder: Annotated[DecoderSettings, tyro.conf.OmitArgPrefixes]``), the
 ``Policy`` holds one as its defaults, and a request overrides fields with a ``"decoder_settings"`` map
 (``updated``). ``None`` keeps the value of the preset, else of the model's decoder config; the decoder resolves
-them into a ``DecodeSettings`` (``Decoder.resolve``).
+them into its own resolved settings (``Decoder.resolve`` → ``Decoder.Settings``).
 """
 
 from __future__ import annotations

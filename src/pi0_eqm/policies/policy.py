@@ -31,7 +31,6 @@ import numpy as np
 
 from pi0_eqm.data import transforms as _t
 from pi0_eqm.decoders import make_decoder
-from pi0_eqm.decoders.base import DecodeSettings
 from pi0_eqm.decoders.realtime import Prefix
 from pi0_eqm.decoders.realtime import prefix_weights
 from pi0_eqm.decoders.settings import SETTINGS_KEY
@@ -54,16 +53,22 @@ class RequestCaps:
     max_iters: int | None = None
     min_threshold: float | None = None
 
-    def check(self, ds: DecodeSettings) -> None:
+    def check(self, ds: Any) -> None:
+        """``ds``: a decoder's resolved settings; ``min_threshold`` applies to decoders that stop on a ``threshold``."""
+        threshold = getattr(ds, "threshold", None)
         if self.max_iters is not None and ds.max_iters is not None and ds.max_iters > self.max_iters:
             raise InvalidRequestError(f"max_iters {ds.max_iters} is above this server's per-request cap of "
                                       f"{self.max_iters} expert forwards")
-        if self.min_threshold is not None and ds.threshold is not None and ds.threshold < self.min_threshold:
-            raise InvalidRequestError(f"threshold {ds.threshold} is below this server's lower bound of "
+        if self.min_threshold is not None and threshold is not None and threshold < self.min_threshold:
+            raise InvalidRequestError(f"threshold {threshold} is below this server's lower bound of "
                                       f"{self.min_threshold}")
 
 
 SERVING_CAPS = RequestCaps(max_iters=100, min_threshold=1e-4)  # the server's defaults (scripts/serve_policy.py)
+
+
+def _show(key: tuple) -> str:
+    return ", ".join(f"{name}={value!r}" for name, value in key) or "the defaults"
 
 
 @dataclasses.dataclass
@@ -82,7 +87,7 @@ class Request:
 
     session: Any
     settings: DecoderSettings
-    decode: DecodeSettings
+    decode: Any  # the decoder's resolved settings (``Decoder.Settings``)
     knobs: dict  # the traced arguments of the compiled decode (``Decoder.traced``)
     inputs: dict  # model inputs of one observation (unbatched)
     raw_state: np.ndarray
@@ -132,7 +137,8 @@ class Policy:
         self._seed_key = jax.random.key(seed)
         self._sessions: dict[Any, _Session] = {}
         self._lock = threading.Lock()
-        self._decode_cache: dict[str | None, Any] = {}
+        self._decode_cache: dict[tuple, Any] = {}
+        self._warm_keys: set[tuple] | None = None  # after ``warm_up(refuse_cold=True)``: the compiled settings
         self.set_caps(caps or RequestCaps())
 
     def state_of(self, obs: dict) -> np.ndarray:
@@ -194,6 +200,11 @@ class Policy:
         ds = self.decoder.resolve(settings)
         knobs = self.decoder.traced(ds)
         self.caps.check(ds)
+        if self._warm_keys is not None and (key := self.compiled_key(ds)) not in self._warm_keys:
+            raise InvalidRequestError(
+                f"decoder settings {_show(key)} are not compiled on this server (compiled at warm-up: "
+                f"{', '.join(sorted(_show(k) for k in self._warm_keys))}); a first use would make every client wait "
+                "for a compile: the server's operator can add them at start-up (serve_policy.py --warm-variants)")
         committed, overlap = obs.pop(COMMITTED_KEY, None), obs.pop(OVERLAP_KEY, None)
         prompt = obs.get("prompt")
         with np.errstate(over="ignore", invalid="ignore"):  # an overflowing state is refused just below
@@ -277,7 +288,8 @@ class Policy:
         """Stage 3: decode every request; requests with equal settings share one batched call."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            key = (r.decode.variant, r.prefix is not None, *((k, v.item()) for k, v in sorted(r.knobs.items())))
+            key = (self.compiled_key(r.decode), r.prefix is not None,
+                   *((k, v.item()) for k, v in sorted(r.knobs.items())))
             groups.setdefault(key, []).append(i)
         out: list[Decoded | None] = [None] * len(requests)
         for idx in groups.values():
@@ -300,29 +312,34 @@ class Policy:
                             max_guidance=np.full((size,), st.rtc_guidance, np.float32),
                             pull=np.full((size,), st.inpaint_pull, np.float32))
         t0 = time.perf_counter()
-        out = self.compiled_decode(reqs[0].decode.variant, prefix is not None)(
+        out = self.compiled_decode(self.compiled_key(reqs[0].decode), prefix is not None)(
             self.params, Observation.from_dict(batch), jax.random.key(0), init, reqs[0].knobs, prefix)
         actions, iters, residual, converged, vjps = jax.device_get(out)
         ms = (time.perf_counter() - t0) * 1e3
         return [Decoded(np.asarray(actions[i]), int(iters[i]), float(residual[i]), bool(converged[i]), n, ms,
                         int(vjps[i])) for i in range(n)]
 
-    def compiled_decode(self, variant: str | None, with_prefix: bool = False):
+    def compiled_key(self, ds: Any) -> tuple:
+        """The compiled-in part of a decoder's resolved settings (``Decoder.compiled_fields``) as ``((name, value),
+        ...)``: one compiled decode per distinct key."""
+        return tuple((f, getattr(ds, f)) for f in self.decoder.compiled_fields)
+
+    def compiled_decode(self, key: tuple = (), with_prefix: bool = False):
         """The jitted ``(params, obs, rng, init, knobs, prefix) -> (actions, iterations, residual, converged, vjps)``
-        of one solver variant, with or without a real-time prefix (cached; one compilation per batch size); every
-        other setting, the delay included, is a traced argument."""
-        fn = self._decode_cache.get((variant, with_prefix))
+        of one compiled key (``compiled_key``: e.g. EqM's solver variant), with or without a real-time prefix (cached;
+        one compilation per batch size); every other setting, the delay included, is a traced argument."""
+        fn = self._decode_cache.get((key, with_prefix))
         if fn is None:
             dec = self.decoder
 
             @jax.jit
             def fn(params, obs, rng, init, knobs, prefix=None):
-                ds = DecodeSettings(variant=variant, **knobs)
+                ds = dec.Settings(**dict(key), **knobs)
                 actions, stats = dec.decode(params, obs, rng, init=init, settings=ds, prefix=prefix)
                 vjps = stats.vjps if stats.vjps is not None else jnp.zeros_like(stats.iterations)
                 return actions, stats.iterations, stats.residual, stats.converged, vjps
 
-            self._decode_cache[(variant, with_prefix)] = fn
+            self._decode_cache[(key, with_prefix)] = fn
         return fn
 
     def robot_actions(self, req: Request, decoded: Decoded) -> dict:
@@ -378,10 +395,20 @@ class Policy:
                     results[i] = e
         return results
 
-    def warm_up(self, obs: dict, batch_sizes: Sequence[int] = (1,)) -> None:
+    def warm_up(self, obs: dict, batch_sizes: Sequence[int] = (1,), also: Sequence[dict] = (),
+                refuse_cold: bool = False) -> None:
         """Compiles the default decode for each batch size on ``obs``, without and with a real-time committed prefix
         (one row of the first reply; the delay is data, so this serves every d), so that neither a robot's first
-        request nor its first asynchronous one waits for a compile. Sessions used here are forgotten."""
+        request nor its first asynchronous one waits for a compile; then the same for each map of decoder-setting
+        overrides in ``also`` (e.g. ``{"variant": "bb"}``). With ``refuse_cold`` a later request whose compiled-in
+        settings (``compiled_key``) were not compiled here is refused (``InvalidRequestError``) instead of compiling
+        while every other client waits. Sessions used here are forgotten."""
+        keys = {self.compiled_key(self.decoder.resolve(self.settings.updated(o))) for o in ({}, *also)}
+        for overrides in ({}, *also):
+            self._warm_up_one({**obs, SETTINGS_KEY: overrides} if overrides else obs, batch_sizes)
+        self._warm_keys = keys if refuse_cold else None
+
+    def _warm_up_one(self, obs: dict, batch_sizes: Sequence[int]) -> None:
         for n in batch_sizes:
             items = [(obs, f"__warm_up_{i}") for i in range(n)]
             replies = self.infer_batch(items)

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_eqm.decoders.eqm import EqmDecodeSettings
 from pi0_eqm.decoders.eqm import EqmDecoder
+from pi0_eqm.decoders.eqm import EqmDecodeSettings
 from pi0_eqm.decoders.warm_start import warm_start_init
 from pi0_eqm.models.pi0 import Pi0
 from pi0_eqm.models.pi0 import Pi0Config

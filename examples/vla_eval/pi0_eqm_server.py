@@ -6,8 +6,9 @@
 The harness's simulator shards connect over its own websocket protocol (HELLO / EPISODE_START / OBSERVATION /
 ACTION); its ``PredictModelServer`` collects observations from concurrent shards into batches (``max_batch_size``,
 ``max_wait_time``) and calls ``predict_batch``, which runs the policy's four stages once for the whole batch
-(``Policy.infer_batch``, one session per shard connection). ``EPISODE_START`` is an explicit new episode: the first
-observation of each episode resets its session's warm start. An observation becomes the openpi request of the
+(``Policy.infer_batch``, one session per shard connection). ``EPISODE_START`` is the only new-episode signal: the
+first observation of each episode resets its session's warm start, and the policy's guesses (prompt change, time
+gap, state jump) are off. An observation becomes the openpi request of the
 checkpoint's robot: the harness's images in order fill the robot's cameras (resized with padding to the served
 size), ``states`` (or ``state``) the state, ``task_description`` the prompt. The harness executes ``chunk_size``
 actions of each chunk, which is also the policy's ``executed`` setting.
@@ -35,6 +36,7 @@ except ModuleNotFoundError as e:
 
 from pi0_eqm.data.transforms import resize_with_pad
 from pi0_eqm.decoders.settings import DecoderSettings
+from pi0_eqm.policies.episodes import EpisodeDetection
 from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.policies.policy_config import resolve_checkpoint
 
@@ -51,6 +53,9 @@ class Pi0EqmModelServer(PredictModelServer):
         self.size = image_size or self.spec.image_size or cfg.model.image_resolution[0]
         settings = DecoderSettings(warm_start=warm_start, executed=chunk_size)
         self.policy = create_trained_policy(cfg, step_dir, settings=settings)
+        # The harness says when an episode starts (EPISODE_START): no guessing from prompts, time gaps (a slow
+        # simulator's 11-16 s steps each looked like a new episode) or state jumps.
+        self.policy.episodes = EpisodeDetection(prompt_change=False, gap_s=None, gap_factor=None, state_jump=None)
 
     def get_observation_params(self) -> dict[str, Any]:
         return {"send_wrist_image": len(self.spec.cameras) > 1, "send_state": True}

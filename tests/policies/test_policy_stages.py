@@ -174,3 +174,27 @@ def test_gap_relative_to_the_sessions_own_pace():
     assert d.reason(**common, now=0.2, recent_gaps=[0.01] * 5) is None  # back-to-back clients: under gap_min_s
     assert d.reason(**common, now=10.5, recent_gaps=[]) == "gap"  # the absolute bound
     assert d.reason(**{**common, "prompt": "q"}, now=0.1) == "prompt"
+
+
+def test_short_episodes_are_seen_at_a_fast_machines_pace(trained_libero, monkeypatch):
+    """A fast machine: steps 20 ms apart, resets 0.5 s. The session's pace carries over episodes, so the start after
+    an episode of 1 or 2 requests is a "gap" (it was missed: each episode began with no known gaps, and 0.5 s is
+    under the 10 s absolute bound). The clock is the policy's ``time.monotonic``, driven here."""
+    cfg, step_dir = trained_libero
+    policy = create_trained_policy(cfg, step_dir, settings=DecoderSettings(max_iters=2))
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    seen = []
+    obs = obs_seq(11, 1)[0]
+    for length in (5, 1, 2, 3):
+        for step in range(length):
+            clock[0] += 0.02 if step else 0.5  # a step, or an environment reset
+            seen.append(policy.infer(obs, session="fast")["solver"]["new_episode"])
+    starts = [i for i, s in enumerate(seen) if s]
+    assert starts == [5, 6, 8] and {seen[i] for i in starts} == {"gap"}, seen  # the first episode's start: no history
+    # an explicit reset keeps the pace as well
+    policy.reset("fast")
+    clock[0] += 0.5
+    assert policy.infer(obs, session="fast")["solver"]["new_episode"] == ""  # the reset said it
+    clock[0] += 0.5
+    assert policy.infer(obs, session="fast")["solver"]["new_episode"] == "gap"

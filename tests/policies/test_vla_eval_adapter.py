@@ -98,3 +98,26 @@ def test_vla_eval_shards_get_batched_actions(trained_libero):
         assert len(got) == 8 and all(a.shape == (7,) and np.all(np.isfinite(a)) for a in got)
     assert sum(batches) == 3 * 2 * 2 and max(batches) > 1  # a chunk every 2 steps; shards decoded together
     assert len(resets) == 3 * 2  # one reset per EPISODE_START
+
+
+def test_only_the_harness_says_when_an_episode_starts(trained_libero, monkeypatch):
+    """A slow simulator (12 s between steps, over the 10 s gap rule) and a prompt change inside an episode do not
+    start a new one; the harness's first observation of an episode does."""
+    from types import SimpleNamespace
+
+    cfg, step_dir = trained_libero
+    server = adapter_class()(str(step_dir), cfg.name, chunk_size=2, warm_start="aligned")
+    replies = []
+    infer_batch = server.policy.infer_batch
+    server.policy.infer_batch = lambda items: replies.extend(infer_batch(items)) or replies[-len(items):]
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    o = libero_obs(np.random.default_rng(0))
+    harness = {"images": {"agentview": o["observation/image"], "wrist": o["observation/wrist_image"]},
+               "states": o["observation/state"], "task_description": o["prompt"]}
+    for i, first in enumerate([True, False, False, True]):
+        clock[0] += 12.0
+        obs = {**harness, "task_description": f"{o['prompt']} {i}"}  # a changing prompt is not a signal either
+        server.predict_batch([obs], [SimpleNamespace(is_first=first, session_id="shard-0")])
+    assert [r["solver"]["new_episode"] for r in replies] == ["", "", "", ""]
+    assert [r["solver"]["warm_started"] for r in replies] == [False, True, True, False]  # reset on EPISODE_START

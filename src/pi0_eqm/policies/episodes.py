@@ -5,8 +5,11 @@ request with the session's previous one and names the first signal that marks a 
 
 * ``"prompt"``: the prompt changed (a new task);
 * ``"gap"``: the time between the previous reply and this request is more than ``gap_s`` seconds, or more than
-  ``gap_min_s`` and ``gap_factor`` times the median of the session's last 8 gaps (from the third on): an environment
-  reset takes longer than executing a few actions, on any machine;
+  ``gap_min_s`` and ``gap_factor`` times the median of the session's last 8 gaps inside episodes (once it has 3; the
+  policy keeps them across episodes, so after the session's first episode a start is seen even after an episode of
+  one or two requests): an environment reset takes longer than executing a few actions, on any machine. Limits: the
+  first episode's first 3 requests have only the absolute bound ``gap_s``, and a reset faster than ``gap_min_s``
+  is never a gap;
 * ``"state"``: some state dim moved more than ``state_jump`` in normalized units (standard deviations of the
   training data) since the previous request (a reset teleports the robot back to its start pose). Off by default: on
   openpi's LIBERO loop with a random-action policy it did not separate episode starts (2.75–3.92 std) from steps
@@ -46,7 +49,7 @@ class EpisodeDetection:
     def reason(self, *, prev_prompt, prompt, prev_state: np.ndarray | None, state: np.ndarray,
                prev_time: float | None, now: float, recent_gaps: Sequence[float] = ()) -> str | None:
         """The first signal that this request starts a new episode, or ``None`` (also for a session's first).
-        ``recent_gaps``: the session's previous gaps inside the current episode, oldest first."""
+        ``recent_gaps``: the session's previous gaps inside episodes, oldest first."""
         if prev_time is None:
             return None
         if self.prompt_change and prev_prompt != prompt:

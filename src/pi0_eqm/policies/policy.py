@@ -78,7 +78,9 @@ class _Session:
     prompt: Any = None
     state: np.ndarray | None = None  # normalized model state of the previous request
     replied_at: float | None = None  # time.monotonic() when the previous chunk was returned
-    gaps: list[float] = dataclasses.field(default_factory=list)  # reply → next request, this episode (last 8)
+    # reply → next request inside episodes, the last 8 (kept across episodes: the session's pace, so the first
+    # requests of an episode already have it and a short episode's end is seen)
+    gaps: list[float] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -162,7 +164,7 @@ class Policy:
         with self._lock:
             sess = self._sessions.get(session)
             if sess is not None:
-                self._sessions[session] = _Session(rng=sess.rng)
+                self._sessions[session] = _Session(rng=sess.rng, gaps=sess.gaps)
 
     def close(self, session: Any) -> None:
         """Forgets the session entirely (its connection closed)."""
@@ -266,7 +268,7 @@ class Policy:
                                                state=np.asarray(req.inputs["state"]), prev_time=sess.replied_at,
                                                now=now, recent_gaps=sess.gaps)
         if req.new_episode is not None:
-            sess.prev_actions, sess.gaps = None, []
+            sess.prev_actions = None
             req.prefix, req.prefix_rows = None, 0  # a committed prefix never crosses an episode boundary
         elif sess.replied_at is not None:
             sess.gaps = [*sess.gaps[-7:], now - sess.replied_at]

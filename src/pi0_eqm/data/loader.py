@@ -27,7 +27,6 @@ import sys
 from typing import Any
 
 import grain
-import jax
 import numpy as np
 
 _STATE_FORMAT = "pi0_eqm.data.loader/1"
@@ -58,12 +57,6 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if len(samples) > 1 and any(set(s) != set(first) for s in samples):
         raise KeyError(f"collate: samples of one batch have different keys; first sample has {sorted(first)}")
     return out
-
-
-def jax_process_shard() -> tuple[int, int]:
-    """``(shard_index, shard_count)`` = ``(jax.process_index(), jax.process_count())`` for multi-host jobs."""
-
-    return jax.process_index(), jax.process_count()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from pi0_eqm.models.decoder_config import DecoderConfig
 from pi0_eqm.models.decoder_config import EqmConfig
 from pi0_eqm.models.pi0 import Pi0Config
@@ -73,5 +71,3 @@ def model_config(name: str, decoder: DecoderConfig | None = None, **overrides) -
     return Pi0Config(**kwargs)
 
 
-def with_decoder(config: Pi0Config, decoder: DecoderConfig) -> Pi0Config:
-    return dataclasses.replace(config, decoder=decoder)

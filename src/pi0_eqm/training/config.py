@@ -35,6 +35,7 @@ from pi0_eqm.training.freeze import FreezeConfig
 from pi0_eqm.training.optimizer import AdamW
 from pi0_eqm.training.optimizer import ConstantSchedule
 from pi0_eqm.training.optimizer import CosineDecaySchedule
+from pi0_eqm.training.optimizer import LRScheduleConfig
 
 
 def _check_run_name(field: str, value: str) -> None:
@@ -56,7 +57,7 @@ class TrainConfig:
     model: Pi0Config = dataclasses.field(default_factory=Pi0Config)
     data: DataConfigFactory = dataclasses.field(default_factory=ToyDataConfig)
     weight_loader: Any = dataclasses.field(default_factory=lambda: _weights.NoOpWeightLoader())
-    lr_schedule: CosineDecaySchedule | ConstantSchedule = dataclasses.field(default_factory=CosineDecaySchedule)
+    lr_schedule: LRScheduleConfig = dataclasses.field(default_factory=CosineDecaySchedule)
     optimizer: AdamW = dataclasses.field(default_factory=AdamW)
     ema_decay: float | None = 0.99
     freeze: FreezeConfig = dataclasses.field(default_factory=FreezeConfig)

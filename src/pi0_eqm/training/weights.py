@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 import re
 from typing import Any
-from typing import Protocol
 
 import flax.traverse_util
 import numpy as np
@@ -33,10 +32,6 @@ PALIGEMMA_NPZ = "gs://vertex-model-garden-paligemma-us/paligemma/pt_224.npz"
 
 class WeightLoadError(ValueError):
     """Loaded weights do not fit the model (missing keys and/or shape mismatches, all listed)."""
-
-
-class WeightLoader(Protocol):
-    def load(self, params: dict) -> dict: ...
 
 
 def _flatten(tree: Mapping) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from pi0_eqm.policies.policy_config import policy_from_params
 from pi0_eqm.robots import LIBERO
 from pi0_eqm.serving.server import PolicyServer
 from pi0_eqm.serving.wire import packb
-from pi0_eqm.training import loop
+from pi0_eqm.training import data_loader
 from pi0_eqm.training import sharding
 from pi0_eqm.training.config import get_config
 from pi0_eqm.training.norm_stats import compute_for_config
@@ -242,7 +242,7 @@ def training_step_walk() -> Walk:
                                   assets_base_dir=str(Path(tmp) / "assets"))
         compute_for_config(cfg)
         data_cfg = cfg.data.create(cfg.model, cfg.assets_dir)
-        batches = iter(loop.make_loader(cfg, data_cfg, shard_index=0, shard_count=1))
+        batches = iter(data_loader.create_data_loader(cfg, data_cfg, shard_index=0, shard_count=1))
         mesh = sharding.make_mesh(cfg.fsdp_devices)
         tx = cfg.optimizer.create(cfg.lr_schedule.create())
         state = init_train_state(cfg.model.init(jax.random.key(0)), tx, jax.random.key(1), ema=False)
@@ -250,7 +250,7 @@ def training_step_walk() -> Walk:
         holder = {"state": state}
 
         def one():
-            obs, actions, is_pad = loop.split_batch(next(batches))
+            obs, actions, is_pad = data_loader.split_batch(next(batches))
             batch = sharding.global_batch_from_local((obs, actions, is_pad), mesh)
             holder["state"], metrics = step_fn(holder["state"], *batch)
             float(metrics["loss"])

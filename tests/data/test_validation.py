@@ -13,9 +13,9 @@ from pi0_eqm.data.episodes import Episode
 from pi0_eqm.data.episodes import InMemoryDataset
 from pi0_eqm.data.validation import DatasetError
 from pi0_eqm.data.validation import validate_dataset
-from pi0_eqm.training import loop
 from pi0_eqm.training.config import get_config
 from pi0_eqm.training.data_config import EpisodicDataConfig
+from pi0_eqm.training.data_loader import create_data_loader
 
 KEYS = ("observation/image", "observation/wrist_image")
 
@@ -70,10 +70,10 @@ def test_images_must_be_uint8_hwc_rgb_of_one_shape_per_camera():
 
 
 def test_the_training_loader_validates_before_anything_runs(tmp_path, monkeypatch):
-    """9-d actions for the 7-d LIBERO config used to train silently; now make_loader refuses them."""
+    """9-d actions for the 7-d LIBERO config used to train silently; now create_data_loader refuses them."""
     bad = InMemoryDataset([Episode(_episode(action_dim=9), "pick")], image_keys=KEYS)
     monkeypatch.setattr(EpisodicDataConfig, "open_source", lambda self: bad)
     cfg = dataclasses.replace(get_config("debug_libero"), assets_base_dir=str(tmp_path))
     data_cfg = cfg.data.create(cfg.model, Path(cfg.assets_dir))
     with pytest.raises(DatasetError, match="9-d actions but the config's robot has 7-d actions"):
-        loop.make_loader(cfg, data_cfg, shard_index=0, shard_count=1)
+        create_data_loader(cfg, data_cfg, shard_index=0, shard_count=1)

@@ -61,8 +61,10 @@ class Pipeline:
     def _normalize(self) -> _t.Normalize:
         return _t.Normalize(self.norm_stats, self.use_quantile_norm)
 
-    def training(self) -> _t.DataTransformFn:
-        return _t.compose([*self.repack.inputs, *self.robot.inputs, self._normalize(), *self.model.inputs])
+    def training(self, passthrough: tuple[str, ...] = ()) -> _t.DataTransformFn:
+        """A dataset sample → a model-ready dict, plus the sample's ``passthrough`` keys unchanged."""
+        fn = _t.compose([*self.repack.inputs, *self.robot.inputs, self._normalize(), *self.model.inputs])
+        return _t.PassThrough(fn, tuple(passthrough)) if passthrough else fn
 
     def statistics(self) -> _t.DataTransformFn:
         return _t.compose([*self.repack.inputs, *self.robot.inputs])

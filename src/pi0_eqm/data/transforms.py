@@ -33,6 +33,17 @@ def compose(transforms: Sequence[DataTransformFn]) -> DataTransformFn:
 
 
 @dataclasses.dataclass(frozen=True)
+class PassThrough:
+    """``fn(sample)`` plus the sample's ``keys`` unchanged (e.g. the loader's ``action_is_pad``)."""
+
+    fn: DataTransformFn
+    keys: tuple[str, ...]
+
+    def __call__(self, data: dict) -> dict:
+        return {**self.fn(data), **{k: data[k] for k in self.keys}}
+
+
+@dataclasses.dataclass(frozen=True)
 class Group:
     inputs: tuple[DataTransformFn, ...] = ()
     outputs: tuple[DataTransformFn, ...] = ()

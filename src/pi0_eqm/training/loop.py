@@ -18,16 +18,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
 from pi0_eqm.atomic import atomic_write_bytes
-from pi0_eqm.data.chunking import ChunkedDataset
 from pi0_eqm.data.loader import DataLoader
-from pi0_eqm.data.validation import validate_dataset
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
-from pi0_eqm.models.observation import Observation
 from pi0_eqm.training import checkpoints as _ckpt
 from pi0_eqm.training import distributed as _dist
 from pi0_eqm.training import sharding as _sharding
@@ -37,9 +33,9 @@ from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.config_record import config_to_record
 from pi0_eqm.training.config_record import read_config
 from pi0_eqm.training.config_record import resume_differences
-from pi0_eqm.training.data_config import ToyDataConfig
+from pi0_eqm.training.data_loader import create_data_loader
+from pi0_eqm.training.data_loader import split_batch
 from pi0_eqm.training.freeze import ParamPartition
-from pi0_eqm.training.toy_data import ToySource
 from pi0_eqm.training.train_step import init_train_state
 from pi0_eqm.training.train_step import make_train_step
 
@@ -48,48 +44,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def make_loader(config: TrainConfig, data_cfg, *, shard_index: int, shard_count: int) -> DataLoader:
-    if config.batch_size % shard_count:
-        raise ValueError(f"global batch size {config.batch_size} is not divisible by {shard_count} processes")
-    local_batch = config.batch_size // shard_count
-    if isinstance(config.data, ToyDataConfig):
-
-        source = ToySource(config.model, config.data.num_samples, seed=config.seed)
-        transform = data_cfg.pipeline.training() if data_cfg.pipeline.model.inputs else None
-    else:
-
-        source = ChunkedDataset(config.data.open_source(), config.model.action_horizon)
-        spec = config.data.spec()
-        validate_dataset(source, state_dim=spec.state_dim, action_dim=spec.action_dim,
-                         image_keys=[c.sample_key for c in spec.cameras if c.lerobot_feature is not None],
-                         where=f"dataset {config.data.resolved_path()}")
-        if data_cfg.norm_stats is None:
-            raise FileNotFoundError(
-                f"no norm stats for asset {data_cfg.asset_id!r} under {config.assets_dir}; run "
-                f"`uv run scripts/compute_norm_stats.py {config.name}` first"
-            )
-        if config.model.ki is not None and data_cfg.fast_tokenizer is None:
-            raise FileNotFoundError(
-                f"config {config.name!r} trains with knowledge insulation but has no FAST tokenizer under "
-                f"{config.assets_dir / data_cfg.asset_id / FAST_TOKENIZER_DIR}; run "
-                f"`uv run scripts/compute_norm_stats.py {config.name}` first (it fits one after the norm stats)"
-            )
-        model_transform = data_cfg.pipeline.training()
-
-        def transform(sample: dict) -> dict:
-            return {**model_transform(sample), "action_is_pad": sample["action_is_pad"]}
-    return DataLoader(source, batch_size=local_batch, seed=config.seed, shuffle=True, transform=transform,
-                      shard_index=shard_index, shard_count=shard_count, num_threads=config.num_workers)
-
-
-def split_batch(batch: dict):
-    obs = Observation.from_dict({k: batch[k] for k in
-                                 ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask",
-                                  "fast_tokens", "fast_mask")
-                                 if k in batch})
-    return obs, np.asarray(batch["actions"], np.float32), np.asarray(batch["action_is_pad"], bool)
 
 
 class _StopFlag:
@@ -233,7 +187,7 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
     state_sharding = _sharding.fsdp_sharding(abstract, mesh, min_size_mbytes=config.fsdp_min_size_mbytes)
     # The data and its norm stats are checked before the run directory is touched.
     block, blocks = _sharding.process_batch_block(mesh)  # the global batches do not depend on the process count
-    loader = make_loader(config, data_cfg, shard_index=block, shard_count=blocks)
+    loader = create_data_loader(config, data_cfg, shard_index=block, shard_count=blocks)
     manager, resuming = _ckpt.initialize_checkpoint_dir(
         config.checkpoint_dir, keep_period=config.keep_period, max_to_keep=config.max_to_keep,
         overwrite=config.overwrite, resume=config.resume, async_save=config.async_checkpoint,

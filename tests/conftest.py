@@ -18,6 +18,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import dataclasses  # noqa: E402
 import gc  # noqa: E402
+from pathlib import Path  # noqa: E402
+import subprocess  # noqa: E402
+import urllib.request  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -47,6 +50,13 @@ def _mappings_and_rss() -> tuple[int, int]:
     return maps, rss
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules holding a ``slow`` test run first (stable order otherwise): under ``--dist loadfile`` a long module
+    started last keeps one worker busy while the others have nothing left."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_executables():
     """After a test module, drop every compiled executable if the process is near the mapping or memory bound."""
@@ -70,3 +80,25 @@ def trained_libero(tmp_path_factory):
     compute_for_config(cfg)
     loop.train(cfg, progress=False)
     return cfg, cfg.checkpoint_dir / "4"
+
+
+def _index_reachable() -> bool:
+    url = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") or "https://pypi.org/simple"
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/openpi-client/", timeout=15) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def openpi_client_python() -> str:
+    """Python of a separate env holding the REAL PyPI openpi-client (built once, cached under .cache/; the script
+    serialises concurrent callers, such as parallel test workers, with its own lock)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "openpi_client_env.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        if not _index_reachable():
+            pytest.skip("PyPI is unreachable, so the real openpi-client cannot be installed:\n" + proc.stderr[-2000:])
+        pytest.fail(f"scripts/openpi_client_env.sh failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout.strip().splitlines()[-1]

@@ -3,7 +3,8 @@
     uv run lab/scripts/aloha_study.py                     # seeds 42 43 44, 20 held-out episodes per seed and arm
 
 One command, every step cached (a rerun resumes): scripted demos (``scripts/generate_aloha_demos.py --episodes 30
---resolution 64``), norm stats, ``pi0_aloha_sim_cpu`` (flow) and ``pi0_eqm_aloha_sim_cpu`` (EqM) trained per seed
+--resolution 64``), norm stats, ``pi0_aloha_sim_cpu`` (flow) and ``pi0_eqm_aloha_sim_cpu`` (EqM) — and their π₀.5
+twins ``pi05_aloha_sim_cpu`` / ``pi05_eqm_aloha_sim_cpu`` (arms ``pi05-*``) — trained per seed
 (``checkpoints/<config>/s<seed>``), each arm evaluated by ``scripts/eval.py`` on the same held-out configurations
 (evaluation seed 1000, episode e) into ``<out>/<arm>/s<seed>``. Writes ``<out>/aloha_study.{json,md,png}``: per arm the
 pooled success with a Wilson 95% CI, the per-seed rates with a Student-t CI across seeds, forwards per chunk and
@@ -35,13 +36,14 @@ from pi0_eqm.training.config import get_config  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 # arm → (config, eval.py decoder flags); the default arm (EqM's library defaults, 10 forwards) is listed first
 ARMS = {"eqm-10": ("pi0_eqm_aloha_sim_cpu", []), "flow-10": ("pi0_aloha_sim_cpu", []),
-        "eqm-paper": ("pi0_eqm_aloha_sim_cpu", ["--preset", "paper"])}
+        "eqm-paper": ("pi0_eqm_aloha_sim_cpu", ["--preset", "paper"]),
+        "pi05-eqm-10": ("pi05_eqm_aloha_sim_cpu", []), "pi05-flow-10": ("pi05_aloha_sim_cpu", [])}
 DEFAULT_ARM = "eqm-10"
 
 
 @dataclasses.dataclass
 class Args:
-    arms: tuple[str, ...] = tuple(ARMS)
+    arms: tuple[str, ...] = tuple(ARMS)  # π₀'s three arms take ~25 min here, π₀.5's two about as long again
     seeds: tuple[int, ...] = (42, 43, 44)
     episodes: int = 20
     eval_seed: int = 1000
@@ -142,6 +144,8 @@ def main(args: Args) -> dict:
     summary = summarize(results)
     others = [a for a in args.arms if a != DEFAULT_ARM]
     pairs = {(DEFAULT_ARM, b): paired(results, DEFAULT_ARM, b) for b in others if DEFAULT_ARM in results}
+    if {"pi05-eqm-10", "pi05-flow-10"} <= set(results):  # π₀.5's own decoder comparison
+        pairs[("pi05-eqm-10", "pi05-flow-10")] = paired(results, "pi05-eqm-10", "pi05-flow-10")
     out = REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "aloha_study.json").write_text(json.dumps(

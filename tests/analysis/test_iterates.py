@@ -179,8 +179,8 @@ def test_full_trajectory_predicts_what_a_thresholded_solve_returns(contracting_p
     # ... and it is what the policy's own (non-recording) decode returns from the same initial iterate.
     model_obs, _ = it.policy_model_inputs(pol, obs)
     ds = pol.decoder.resolve(DecoderSettings(preset="paper", threshold=eps, max_iters=60))
-    actions, iters, _, _, _ = pol.compiled_decode(ds.variant)(pol.params, model_obs, jax.random.key(0), full.init[None],
-                                                      pol.decoder.traced(ds))
+    decode = pol.compiled_decode(pol.compiled_key(ds))
+    actions, iters, _, _, _ = decode(pol.params, model_obs, jax.random.key(0), full.init[None], pol.decoder.traced(ds))
     assert int(iters[0]) == k_star + 1
     np.testing.assert_allclose(it.to_robot(pol, obs, np.asarray(actions[0])), stopped.actions, rtol=1e-5, atol=1e-6)
 

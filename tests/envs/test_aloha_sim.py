@@ -4,6 +4,13 @@ and the demo dataset read back through the ``pi0_eqm_aloha_sim`` data config."""
 
 import dataclasses
 import json
+from pathlib import Path
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -26,6 +33,23 @@ from pi0_eqm.training.config import get_config
 from pi0_eqm.training.norm_stats import compute_for_config
 
 pytestmark = pytest.mark.sim
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _health(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
 
 
 def test_observations_are_what_an_openpi_aloha_client_sends_and_configurations_are_seeded():
@@ -53,7 +77,8 @@ def test_observations_are_what_an_openpi_aloha_client_sends_and_configurations_a
 
 
 @pytest.mark.slow
-def test_scripted_transfer_demos_replay_and_the_cpu_benchmark_trains_and_evaluates_on_them(tmp_path):
+def test_scripted_transfer_demos_replay_and_the_cpu_benchmark_trains_and_evaluates_on_them(tmp_path,
+                                                                                         openpi_client_python):
     root = aloha_scripted.generate_aloha_dataset(tmp_path, "transfer_cube", episodes=1, seed=0, resolution=32,
                                                  progress=False)
     info = json.loads((root / "meta" / "info.json").read_text())
@@ -101,6 +126,28 @@ def test_scripted_transfer_demos_replay_and_the_cpu_benchmark_trains_and_evaluat
     (episode,) = result["episodes"]
     assert episode["steps"] == 24 and episode["num_chunks"] == 3 and not episode["success"]
     assert episode["stats"]["solver/iterations"] == [10, 10, 10]
+
+    # openpi's ALOHA-sim client loop (openpi-client's runtime + ActionChunkBroker, gym-aloha, in the client's own
+    # numpy<2 environment) drives the same checkpoint through scripts/serve_policy.py.
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, str(REPO / "scripts" / "serve_policy.py"), "--checkpoint",
+                               str(cpu.checkpoint_dir), "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _health(port) != 200:
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-3000:]
+            time.sleep(0.3)
+        client = subprocess.run([openpi_client_python, str(REPO / "examples" / "aloha_sim" / "main.py"), "--port",
+                                 str(port), "--max-episode-steps", "20", "--action-horizon", "8", "--max-hz", "0"],
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert client.returncode == 0, client.stderr[-3000:]
+    lines = [json.loads(x) for x in client.stdout.splitlines() if x.startswith("{")]
+    assert lines[0]["steps"] == 20 and 0 <= lines[0]["reward"] <= 4, client.stdout
+    assert lines[-1] == {"episodes": 1, "successes": int(lines[0]["success"])}, client.stdout
 
 
 def test_the_expert_reaches_the_top_reward_on_most_transfer_configurations():

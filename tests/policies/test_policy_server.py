@@ -11,7 +11,6 @@ from pi0_eqm.policies.episodes import EpisodeDetection
 from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.robots import LIBERO
 from pi0_eqm.serving.server import PolicyServer
-from tests.serving.conftest import openpi_client_python  # noqa: F401  (session fixture)
 
 CLIENT = textwrap.dedent(
     """
@@ -45,7 +44,7 @@ CLIENT = textwrap.dedent(
 )
 
 
-def test_openpi_client_drives_the_real_policy(trained_libero, openpi_client_python):  # noqa: F811
+def test_openpi_client_drives_the_real_policy(trained_libero, openpi_client_python):
     cfg, step_dir = trained_libero
     policy = create_trained_policy(cfg, step_dir, settings=DecoderSettings(max_iters=30, executed=5, warm_start="aligned"))
     policy.episodes = EpisodeDetection(state_jump=None)  # the client's random states would each look like a reset

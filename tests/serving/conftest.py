@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import collections
-import os
 from pathlib import Path
-import subprocess
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -84,25 +81,3 @@ def served():
     server.start()
     yield server, policy
     server.stop()
-
-
-def _index_reachable() -> bool:
-    url = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") or "https://pypi.org/simple"
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/openpi-client/", timeout=15) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def openpi_client_python() -> str:
-    """Python of a separate env holding the REAL PyPI openpi-client (built once, cached under .cache/; the script
-    serialises concurrent callers, such as parallel test workers, with its own lock)."""
-    script = REPO / "scripts" / "openpi_client_env.sh"
-    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        if not _index_reachable():
-            pytest.skip("PyPI is unreachable, so the real openpi-client cannot be installed:\n" + proc.stderr[-2000:])
-        pytest.fail(f"scripts/openpi_client_env.sh failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc.stdout.strip().splitlines()[-1]

@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 from tests.serving.conftest import REPO
-from tests.serving.conftest import openpi_client_python  # noqa: F401  (session fixture: builds the client env)
 
 
-def test_load_test_reports_every_run_and_the_hostile_client_harms_no_one(tmp_path, openpi_client_python):  # noqa: F811
+def test_load_test_reports_every_run_and_the_hostile_client_harms_no_one(tmp_path, openpi_client_python):
     out = tmp_path / "load.json"
     proc = subprocess.run([sys.executable, str(REPO / "lab" / "scripts" / "load_test.py"), "--config", "debug_libero",
                            "--random-init", "--clients", "1", "3", "--requests", "15", "--max-batch", "4",

@@ -203,14 +203,16 @@ def _aloha_sim(name: str, decoder) -> TrainConfig:
                        weight_loader=_PI0_BASE, num_train_steps=20_000)
 
 
-def _aloha_sim_cpu(name: str, decoder) -> TrainConfig:
+def _aloha_sim_cpu(name: str, decoder, preset: str = "pi0_metaworld") -> TrainConfig:
     """ALOHA transfer-cube on a CPU: the embedded benchmark's 0.7M-parameter model on the top camera at 64 px, 14-d
     joints in π units, H 16 (0.32 s at 50 Hz), the scripted demos of ``scripts/generate_aloha_demos.py`` (30 kept
-    episodes, seed 0), batch 32, 1500 steps."""
-    model = model_config("pi0_metaworld", decoder, real_action_dim=14, image_keys=("base_0_rgb",))
+    episodes, seed 0), batch 32, 1500 steps. π₀.5 (``preset="pi05_metaworld"``) normalises with quantiles, as
+    openpi's π₀.5 configs."""
+    model = model_config(preset, decoder, real_action_dim=14, image_keys=("base_0_rgb",))
     data = dataclasses.replace(_ALOHA_SIM_DATA, path="lerobot/aloha_sim_transfer_cube_scripted_e30_s0_r64",
                                asset_id="aloha_sim_transfer_cube_scripted",
-                               how_to_obtain="uv run scripts/generate_aloha_demos.py --episodes 30 --resolution 64")
+                               how_to_obtain="uv run scripts/generate_aloha_demos.py --episodes 30 --resolution 64",
+                               use_quantile_norm=preset.startswith("pi05"))
     return _cpu_recipe(name, model, data, steps=1500, env="aloha_sim")
 
 
@@ -274,6 +276,8 @@ _CONFIGS: list[TrainConfig] = [
     _aloha_sim("pi0_eqm_aloha_sim", EqmConfig()),
     _aloha_sim_cpu("pi0_aloha_sim_cpu", FlowConfig()),
     _aloha_sim_cpu("pi0_eqm_aloha_sim_cpu", EqmConfig()),
+    _aloha_sim_cpu("pi05_aloha_sim_cpu", FlowConfig(), "pi05_metaworld"),
+    _aloha_sim_cpu("pi05_eqm_aloha_sim_cpu", EqmConfig(), "pi05_metaworld"),
     # LIBERO LoRA fine-tuning (openpi's pi0_libero_low_mem_finetune): LoRA on both Gemmas, their base weights frozen
     # (and stored in bf16), SigLIP and the projections trained, no EMA.
     _low_mem("pi0_libero_low_mem_finetune", FlowConfig()),

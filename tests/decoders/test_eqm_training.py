@@ -82,6 +82,7 @@ def test_mlp_eqm_learns_bimodal_chunks():
 
 @pytest.mark.parametrize("decoder", [EqmConfig(solver=SolverConfig(max_iters=50)), FlowConfig(num_steps=5)],
                          ids=["eqm", "flow"])
+@pytest.mark.slow
 def test_tiny_pi0_training_reduces_loss_and_decodes(decoder):
     cfg = model_config("pi0_tiny", decoder, real_action_dim=4, image_resolution=(16, 16), action_horizon=4)
     params, losses = toy.train(cfg, steps=60, batch_size=16, lr=3e-3, seed=0)
@@ -145,6 +146,7 @@ def test_real_dim_loss_ignores_padded_dims_and_decoding_keeps_them_zero():
     assert np.all(np.asarray(out)[..., 4:] == 0) and np.any(np.asarray(out)[..., :4] != 0)
 
 
+@pytest.mark.slow
 def test_flow_steps_are_traced_and_match_the_static_scan():
     """Flow's Euler step count reaches the decoder as a traced value (one compile for any count) and gives exactly
     the chunk of the static ``lax.scan`` path (the one ``record=True`` uses)."""

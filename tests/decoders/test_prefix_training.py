@@ -29,6 +29,7 @@ def _setup(preset, decoder):
     return cfg, make_decoder(cfg), cfg.init(jax.random.key(0)), obs, actions
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["pi0_tiny", "pi05_tiny"])
 def test_per_token_time_equals_per_chunk_time_when_constant(preset):
     cfg, _, params, obs, actions = _setup(preset, FlowConfig())

@@ -100,6 +100,7 @@ def test_fast_loss_trains_only_the_backbone(preset):
     assert sum(v > 0 for p, v in g.items() if _is_backbone(p)) > 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_expert_ignores_fast_tokens_and_matches_inference_path(preset):
     cfg, dec, params, obs, actions = _setup(preset=preset)

@@ -109,6 +109,7 @@ def test_lora_einsum_equals_openpi_formula():
     assert float(jnp.std(a)) == pytest.approx(0.01, rel=0.5)  # normal(0.01) init, as openpi
 
 
+@pytest.mark.slow
 def test_lora_model_with_zero_up_projection_equals_base_model():
     base = model_config("pi0_tiny", EqmConfig())
     lora = dataclasses.replace(base, paligemma_variant="gemma_tiny_lora", action_expert_variant="gemma_tiny_expert_lora")

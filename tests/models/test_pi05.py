@@ -167,6 +167,7 @@ def test_cached_decoding_equals_uncached_forward():
     np.testing.assert_array_equal(other_state, cached)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["debug_pi05", "debug_pi05_eqm"])
 def test_both_decoders_train_and_decode_on_tiny_pi05(tmp_path, name):
     base = get_config(name)

@@ -103,6 +103,7 @@ def _aloha_dataset(root, episodes=3, steps=10, size=32, seed=0):
     return write_lerobot_dataset(root, eps, fps=50, names=names, robot_type="aloha")
 
 
+@pytest.mark.slow
 def test_aloha_trains_from_a_lerobot_dataset_and_serves(tmp_path):
     """The ALOHA layout end to end: LeRobot features → norm stats → 2 training steps → checkpoint → server."""
     ds = _aloha_dataset(tmp_path / "data" / "aloha")

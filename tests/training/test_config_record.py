@@ -77,6 +77,7 @@ def trained_run(tmp_path_factory):
     return cfg, cfg.checkpoint_dir
 
 
+@pytest.mark.slow
 def test_every_step_records_the_config(trained_run):
     cfg, run = trained_run
     for step in ("1", "2"):

@@ -42,6 +42,7 @@ def _initial_params(cfg):
     return part, _flat(part.cast_frozen(cfg.model.init(init_rng)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["debug_lora", "debug_eqm_lora"])
 def test_only_lora_params_change_and_optimizer_holds_only_them(tmp_path, name):
     cfg = _cfg(tmp_path, name)
@@ -72,6 +73,7 @@ def test_lora_run_resumes_to_the_uninterrupted_result(tmp_path):
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_freeze_backbone_trains_only_the_expert(tmp_path):
     cfg = _cfg(tmp_path, "debug_eqm", freeze=FreezeConfig(backbone=True), ema_decay=None)
     part, before = _initial_params(cfg)
@@ -123,6 +125,7 @@ def test_cli_freezing_everything_is_a_clear_error(tmp_path):
     assert not (tmp_path / "debug_eqm").exists()  # refused before the run directory was created
 
 
+@pytest.mark.slow
 def test_lora_libero_checkpoint_serves_through_the_policy(tmp_path):
     """LoRA on the LIBERO pipeline: dataset → norm stats → train → the run directory → Policy.infer."""
 

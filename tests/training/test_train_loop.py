@@ -30,6 +30,7 @@ def _cfg(tmp_path, name="debug_eqm", **kw):
     return dataclasses.replace(base, **{**fields, **kw})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["debug_eqm", "debug"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, name):
     full = loop.train(_cfg(tmp_path / "a", name), progress=False)

@@ -1,7 +1,9 @@
 """Train a named config: ``uv run scripts/train.py <config> --exp-name=NAME [--resume | --overwrite] [--field=value]``.
 
 User errors (bad flags, an existing or locked run directory, bad data, a full disk, a NaN stop) print one paragraph
-and exit with code 2; ``--debug`` shows the traceback instead.
+and exit with code 2; ``--debug`` shows the traceback instead. In a multi-process job, a step whose collective fails
+because another process died ends this one at once the same way, naming the dead process when the coordinator knows
+it (instead of waiting for the heartbeat timeout and aborting).
 
 Examples:
     uv run scripts/train.py debug_eqm --exp-name=try --overwrite        # tiny model, generated data, seconds on CPU
@@ -66,6 +68,7 @@ def main() -> None:
     if not debug:
         _quiet_failed_saves()
     from pi0_eqm.training import config as _config
+    from pi0_eqm.training import distributed
     from pi0_eqm.training import loop
     from pi0_eqm.training.checkpoints import CheckpointRestoreError
     from pi0_eqm.training.checkpoints import CheckpointSaveError
@@ -82,6 +85,11 @@ def main() -> None:
         if debug:
             raise
         cli.fail(e)
+    except Exception as e:  # a multi-process job whose collective failed: another process is gone
+        message = None if debug else distributed.peer_failure(e)
+        if message is None:
+            raise
+        cli.fail_now(message)
     h = out["history"]
     if h:
         print(f"finished at step {out['last_step']}: loss {h[-1]['loss']:.4f}; checkpoints in {cfg.checkpoint_dir}")

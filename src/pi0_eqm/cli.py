@@ -8,6 +8,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 from collections.abc import Callable
+import os
 import sys
 from typing import Any
 from typing import NoReturn
@@ -25,6 +26,14 @@ def fail(e: BaseException) -> NoReturn:
     """Print ``e`` as a user error (one paragraph on stderr) and exit with code 2."""
     print(f"error: {one_line(e)}\n(run with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
     sys.exit(2)
+
+
+def fail_now(message: str) -> NoReturn:
+    """:func:`fail` for a process whose exit handlers must not run (a multi-process job whose peer died:
+    ``jax.distributed``'s shutdown barrier would wait for it and then abort the process): print, flush, ``os._exit``."""
+    print(f"error: {' '.join(message.split())}\n(run with {DEBUG_FLAG} for the traceback)", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
 
 
 def pop_debug_flag(argv: list[str] | None = None) -> bool:

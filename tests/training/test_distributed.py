@@ -4,6 +4,7 @@ from pathlib import Path
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -220,3 +221,38 @@ def test_two_process_training_losses_equal_one_process(tmp_path):
     assert len(a) == len(b) == 6
     print(f"1 vs 2 processes: max |loss difference| {np.max(np.abs(np.subtract(a, b))):.2e} over {len(a)} steps")
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("victim", [1, 0])  # 0 also hosts the coordination service
+def test_a_dead_peer_ends_the_other_process_at_once_with_one_paragraph(tmp_path, victim):
+    """kill -9 of one of 2 training processes: the other's next collective fails, and it ends at once with exit code
+    2 and one paragraph naming the dead process. It used to print a traceback, wait ~90 s for the heartbeat timeout
+    in jax.distributed's shutdown barrier and then abort with a C++ stack trace (exit -6)."""
+    repo = Path(__file__).resolve().parents[2]
+    port = free_port()
+    cmd = [*_TRAIN, "--num-train-steps=1000", "--save-interval=500", "--exp-name=dead", f"--checkpoint-base-dir={tmp_path}"]
+    procs = [subprocess.Popen(cmd, cwd=repo, env=common.worker_env(1, PI0_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                                   PI0_NUM_PROCESSES="2", PI0_PROCESS_ID=str(i),
+                                                                   JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        metrics, deadline = tmp_path / "debug_eqm" / "dead" / "metrics.jsonl", time.monotonic() + 300
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no training steps"
+            time.sleep(0.2)
+        procs[victim].kill()
+        t0 = time.monotonic()
+        survivor = procs[1 - victim]
+        err = survivor.communicate(timeout=120)[1]
+        took = time.monotonic() - t0
+    finally:
+        for p in procs:
+            p.kill()
+    assert survivor.returncode == 2 and took < 30, (survivor.returncode, took, err[-3000:])
+    lines = err.strip().splitlines()
+    assert lines[-1] == "(run with --debug for the traceback)", err[-3000:]
+    assert lines[-2].startswith(f"error: process {1 - victim} of 2: a step's collective with the other processes "
+                                f"failed") and f"process {victim} of 2 stopped" in lines[-2], err[-3000:]
+    assert "Traceback" not in err and "Check failure" not in err, err[-3000:]

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 import logging
 import os
 import re
+import threading
 
 import jax
 from jax._src import xla_bridge
@@ -255,3 +256,49 @@ __all__ = [
     "per_host_shard",
     "resolve_env",
 ]
+
+
+def _live_processes(timeout_s: float) -> set[int] | None:
+    """The processes the coordination service counts as alive, or ``None`` if it does not answer within ``timeout_s``
+    (it answers once it has noticed a death: after the heartbeat timeout, 100 s by default)."""
+    from jax._src import distributed as _distributed  # lazy: JAX's private client, asked only after a failure
+
+    client = _distributed.global_state.client
+    if client is None:
+        return None
+    answer: list = []
+
+    def ask() -> None:
+        try:
+            answer.append(client.get_live_nodes(list(range(jax.process_count()))))
+        except Exception:  # noqa: BLE001 - the service itself may be gone (process 0 hosts it)
+            pass
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not answer:
+        return None
+    live = answer[0]
+    return {int(getattr(n, "node_id", n)) for n in (live.keys() if isinstance(live, Mapping) else live)}
+
+
+def peer_failure(e: BaseException, *, wait_s: float = 5.0) -> str | None:
+    """For a multi-process job, the one-paragraph report of a JAX runtime error (a failed collective: another
+    process is gone) naming the process that stopped: the only other one in a 2-process job, else those the
+    coordination service no longer counts as alive if it answers within ``wait_s`` seconds; ``None`` for anything
+    else."""
+    if not isinstance(e, jax.errors.JaxRuntimeError) or not jax.distributed.is_initialized() or jax.process_count() < 2:
+        return None
+    me, count = jax.process_index(), jax.process_count()
+    if count == 2:
+        dead = [1 - me]
+    else:
+        live = _live_processes(wait_s)
+        dead = sorted(set(range(count)) - live - {me}) if live is not None else []
+    who = (f"process{'es' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {count} stopped" if dead
+           else f"another of the {count} processes most likely stopped (the coordinator could not yet say which)")
+    detail = " ".join(str(e).split())[:300]
+    return (f"process {me} of {count}: a step's collective with the other processes failed ({detail}); {who}. See "
+            "that process's log for why; the last committed checkpoint step is intact: restart every process with "
+            "--resume")

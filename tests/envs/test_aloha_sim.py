@@ -5,12 +5,9 @@ and the demo dataset read back through the ``pi0_eqm_aloha_sim`` data config."""
 import dataclasses
 import json
 from pathlib import Path
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -31,25 +28,11 @@ from pi0_eqm.serving.schema import validate
 from pi0_eqm.training import loop
 from pi0_eqm.training.config import get_config
 from pi0_eqm.training.norm_stats import compute_for_config
+from tests.serving.conftest import free_port
+from tests.serving.conftest import health
 
 pytestmark = pytest.mark.sim
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _health(port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
 
 
 def test_observations_are_what_an_openpi_aloha_client_sends_and_configurations_are_seeded():
@@ -129,13 +112,13 @@ def test_scripted_transfer_demos_replay_and_the_cpu_benchmark_trains_and_evaluat
 
     # openpi's ALOHA-sim client loop (openpi-client's runtime + ActionChunkBroker, gym-aloha, in the client's own
     # numpy<2 environment) drives the same checkpoint through scripts/serve_policy.py.
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, str(REPO / "scripts" / "serve_policy.py"), "--checkpoint",
                                str(cpu.checkpoint_dir), "--port", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
-        while _health(port) != 200:
+        while health(port) != 200:
             assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-3000:]
             time.sleep(0.3)
         client = subprocess.run([openpi_client_python, str(REPO / "examples" / "aloha_sim" / "main.py"), "--port",

@@ -1,12 +1,9 @@
 """scripts/serve_policy.py end to end on a real (tiny) LIBERO checkpoint: port in use, no robot, warm-up, metadata."""
 
 import importlib.util
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -16,6 +13,8 @@ from pi0_eqm.serving.server import bind_socket
 from pi0_eqm.training.config import get_config
 from tests.policies.conftest import libero_obs
 from tests.serving.conftest import REPO
+from tests.serving.conftest import free_port
+from tests.serving.conftest import health
 
 SCRIPT = REPO / "scripts" / "serve_policy.py"
 
@@ -53,25 +52,9 @@ def test_config_without_robot_is_refused(monkeypatch, tmp_path):
         module.build_server(module.Args(checkpoint=str(tmp_path), config="debug"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _health(port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
-
-
 def test_served_checkpoint_is_ready_after_warm_up_and_declares_its_assumptions(trained_libero):
     cfg, step_dir = trained_libero
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--checkpoint", str(step_dir), "--config", cfg.name,
                              "--port", str(port), "--max-batch", "2", "--warm-start", "aligned", "--executed", "5",
                              "--warm-variants", "bb"],
@@ -79,7 +62,7 @@ def test_served_checkpoint_is_ready_after_warm_up_and_declares_its_assumptions(t
     try:
         seen, deadline = [], time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            status = _health(port)
+            status = health(port)
             if not seen or seen[-1] != status:
                 seen.append(status)
             if status == 200:

@@ -226,14 +226,14 @@ def test_a_permission_error_is_a_clear_error_not_damage(tmp_path, monkeypatch):
     for s in (1, 2):
         ckpt.save_state(manager, _small_state(s), ema=False, data_state={"pos": s})
     denied = tmp_path / "run" / "2" / "data_state" / "data_state.json"
-    read_text = Path.read_text
+    read_bytes = Path.read_bytes
 
     def deny(self, *a, **kw):  # this process runs as root here, where chmod does not deny
         if self == denied:
             raise PermissionError(13, "Permission denied", str(self))
-        return read_text(self, *a, **kw)
+        return read_bytes(self, *a, **kw)
 
-    monkeypatch.setattr(Path, "read_text", deny)
+    monkeypatch.setattr(Path, "read_bytes", deny)
     with pytest.raises(PermissionError, match=r"(?s)cannot read .*data_state.json: permission denied.*not damaged"):
         ckpt.restore_state(manager, _small_state(0))
     assert sorted(_entries(tmp_path / "run")) == ["1", "2"]  # nothing set aside

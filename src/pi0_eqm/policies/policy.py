@@ -91,6 +91,7 @@ class Request:
     settings: DecoderSettings
     decode: Any  # the decoder's resolved settings (``Decoder.Settings``)
     knobs: dict  # the traced arguments of the compiled decode (``Decoder.traced``)
+    compiled: tuple  # its compiled-in settings (``Policy.compiled_key``)
     inputs: dict  # model inputs of one observation (unbatched)
     raw_state: np.ndarray
     prompt: Any
@@ -202,7 +203,8 @@ class Policy:
         ds = self.decoder.resolve(settings)
         knobs = self.decoder.traced(ds)
         self.caps.check(ds)
-        if self._warm_keys is not None and (key := self.compiled_key(ds)) not in self._warm_keys:
+        key = self.compiled_key(ds)
+        if self._warm_keys is not None and key not in self._warm_keys:
             raise InvalidRequestError(
                 f"decoder settings {_show(key)} are not compiled on this server (compiled at warm-up: "
                 f"{', '.join(sorted(_show(k) for k in self._warm_keys))}); a first use would make every client wait "
@@ -215,7 +217,7 @@ class Policy:
         if not np.all(np.isfinite(inputs["state"])):
             raise InvalidRequestError("the state normalises to non-finite values (it overflows float32); expected "
                                       "a state in the robot's range")
-        req = Request(session, settings, ds, knobs, inputs, raw_state, prompt)
+        req = Request(session, settings, ds, knobs, key, inputs, raw_state, prompt)
         if committed is not None:
             req.prefix, req.prefix_rows = self._prefix(committed, overlap, raw_state)
         elif overlap is not None:
@@ -290,8 +292,7 @@ class Policy:
         """Stage 3: decode every request; requests with equal settings share one batched call."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            key = (self.compiled_key(r.decode), r.prefix is not None,
-                   *((k, v.item()) for k, v in sorted(r.knobs.items())))
+            key = (r.compiled, r.prefix is not None, *((k, v.item()) for k, v in sorted(r.knobs.items())))
             groups.setdefault(key, []).append(i)
         out: list[Decoded | None] = [None] * len(requests)
         for idx in groups.values():
@@ -314,7 +315,7 @@ class Policy:
                             max_guidance=np.full((size,), st.rtc_guidance, np.float32),
                             pull=np.full((size,), st.inpaint_pull, np.float32))
         t0 = time.perf_counter()
-        out = self.compiled_decode(self.compiled_key(reqs[0].decode), prefix is not None)(
+        out = self.compiled_decode(reqs[0].compiled, prefix is not None)(
             self.params, Observation.from_dict(batch), jax.random.key(0), init, reqs[0].knobs, prefix)
         actions, iters, residual, converged, vjps = jax.device_get(out)
         ms = (time.perf_counter() - t0) * 1e3

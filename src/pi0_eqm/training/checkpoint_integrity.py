@@ -48,14 +48,22 @@ def _json_problem(path: Path) -> str | None:
     if not path.is_file():
         return f"missing {path.name}"
     try:
-        json.loads(path.read_text())
+        json.loads(_read_bytes(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        if isinstance(e, PermissionError):
+            raise
+        return f"unreadable {path.name} ({type(e).__name__})"
+    return None
+
+
+def _read_bytes(path: Path) -> bytes:
+    """``path``'s bytes; a file this process may not read raises ``PermissionError`` saying it is not damaged."""
+    try:
+        return path.read_bytes()
     except PermissionError as e:
         raise PermissionError(f"cannot read {path}: permission denied. The file is not damaged and nothing was set "
                               "aside; give this user read access (e.g. chmod -R u+rX on the run directory) and run "
                               "the same command again") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"unreadable {path.name} ({type(e).__name__})"
-    return None
 
 
 def _integrity_record(step_dir: Path) -> Mapping | None:
@@ -63,7 +71,7 @@ def _integrity_record(step_dir: Path) -> Mapping | None:
     path = step_dir / INTEGRITY_ITEM / INTEGRITY_FILE
     if _json_problem(path) is not None:
         return None
-    record = json.loads(path.read_text())
+    record = json.loads(_read_bytes(path))
     return record if isinstance(record, Mapping) else None
 
 
@@ -77,12 +85,7 @@ def _asset_problems(step_dir: Path, digests: Mapping[str, Any]) -> list[str]:
         if not f.is_file():
             problems.append(f"{ASSETS_ITEM}/{rel}: missing (it was saved with this step)")
             continue
-        try:
-            data = f.read_bytes()
-        except PermissionError as e:
-            raise PermissionError(f"cannot read {f}: permission denied. The file is not damaged and nothing was set "
-                                  "aside; give this user read access and run the same command again") from e
-        if file_digest(data) != digest:
+        if file_digest(_read_bytes(f)) != digest:
             problems.append(f"{ASSETS_ITEM}/{rel}: differs from the file saved with this step (checksum mismatch)")
     if assets.is_dir():
         for f in sorted(assets.rglob(NORM_STATS_FILE)):
@@ -97,6 +100,10 @@ def step_notes(step_dir: str | os.PathLike) -> list[str]:
     the step's integrity record when it has them. Serving reads the assets, so :func:`check_checkpoint_step` reports
     these by default."""
     step_dir = Path(step_dir)
+    return _notes(step_dir, _integrity_record(step_dir))
+
+
+def _notes(step_dir: Path, record: Mapping | None) -> list[str]:
     notes = []
     if (p := _json_problem(step_dir / STEP_METADATA_FILE)) is not None:
         notes.append(p)
@@ -105,7 +112,6 @@ def step_notes(step_dir: str | os.PathLike) -> list[str]:
         for f in assets.rglob(NORM_STATS_FILE):
             if (p := _json_problem(f)) is not None:
                 notes.append(f"{f.relative_to(step_dir)}: {p}")
-    record = _integrity_record(step_dir)
     if record is not None and isinstance(record.get("assets"), Mapping):
         reported = {n.split(":")[0] for n in notes}  # a file that does not parse is named once
         notes.extend(p for p in _asset_problems(step_dir, record["assets"]) if p.split(":")[0] not in reported)
@@ -162,7 +168,7 @@ def check_checkpoint_step(step_dir: str | os.PathLike, *, notes: bool = True) ->
     if isinstance(saved_as, int) and step_dir.name.isdigit() and saved_as != int(step_dir.name):
         problems.append(f"{INTEGRITY_ITEM}/: this step was saved as step {saved_as}, but its directory is step "
                         f"{step_dir.name} (another step's files under this number?)")
-    return problems + (step_notes(step_dir) if notes else [])
+    return problems + (_notes(step_dir, record) if notes else [])
 
 
 def saved_step_problems(directory: str | os.PathLike) -> list[str]:

@@ -22,16 +22,20 @@ USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, InvalidRequ
 DEBUG_FLAG = "--debug"
 
 
+def _report(text: str) -> None:
+    print(f"error: {' '.join(text.split())}\n(run with {DEBUG_FLAG} for the traceback)", file=sys.stderr, flush=True)
+
+
 def fail(e: BaseException) -> NoReturn:
     """Print ``e`` as a user error (one paragraph on stderr) and exit with code 2."""
-    print(f"error: {one_line(e)}\n(run with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
+    _report(one_line(e))
     sys.exit(2)
 
 
 def fail_now(message: str) -> NoReturn:
     """:func:`fail` for a process whose exit handlers must not run (a multi-process job whose peer died:
     ``jax.distributed``'s shutdown barrier would wait for it and then abort the process): print, flush, ``os._exit``."""
-    print(f"error: {' '.join(message.split())}\n(run with {DEBUG_FLAG} for the traceback)", file=sys.stderr, flush=True)
+    _report(message)
     sys.stdout.flush()
     os._exit(2)
 

@@ -178,8 +178,9 @@ def save_state(
     args = {
         PARAMS_ITEM: ocp.args.PyTreeSave(params_item),
         TRAIN_STATE_ITEM: ocp.args.PyTreeSave(train_state_item),
-        INTEGRITY_ITEM: ocp.args.JsonSave(array_record({PARAMS_ITEM: params_item, TRAIN_STATE_ITEM: train_state_item},
-                                                       step=step, assets=asset_digests(norm_stats, asset_dirs) if norm_stats else {})),
+        INTEGRITY_ITEM: ocp.args.JsonSave(array_record(
+            {PARAMS_ITEM: params_item, TRAIN_STATE_ITEM: train_state_item}, step=step,
+            assets=asset_digests(norm_stats, asset_dirs) if norm_stats else {})),  # assets are written only with stats
     }
     if norm_stats:
         args[ASSETS_ITEM] = NormStatsSave(norm_stats, asset_dirs)

@@ -11,7 +11,9 @@ first observation of each episode resets its session's warm start, and the polic
 gap, state jump) are off. An observation becomes the openpi request of the
 checkpoint's robot: the harness's images in order fill the robot's cameras (resized with padding to the served
 size), ``states`` (or ``state``) the state, ``task_description`` the prompt. The harness executes ``chunk_size``
-actions of each chunk, which is also the policy's ``executed`` setting.
+actions of each chunk, which is also the policy's ``executed`` setting. Before the runner listens, the decode is
+compiled for every padded batch size up to ``max_batch_size`` (``warm_up=False`` skips it). A sharded LIBERO
+evaluation against it: ``examples/vla_eval/run_libero.py``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pi0_eqm.policies.policy_config import resolve_checkpoint
 class Pi0EqmModelServer(PredictModelServer):
     def __init__(self, checkpoint: str, config: str | None = None, *, chunk_size: int = 5, max_batch_size: int = 8,
                  max_wait_time: float = 0.01, warm_start: str = "off", image_size: int | None = None,
-                 **kwargs: Any) -> None:
+                 warm_up: bool = True, **kwargs: Any) -> None:
         super().__init__(chunk_size=chunk_size, max_batch_size=max_batch_size, max_wait_time=max_wait_time, **kwargs)
         cfg, step_dir = resolve_checkpoint(checkpoint, config)
         self.spec = cfg.data.spec()
@@ -56,6 +58,9 @@ class Pi0EqmModelServer(PredictModelServer):
         # The harness says when an episode starts (EPISODE_START): no guessing from prompts, time gaps (a slow
         # simulator's 11-16 s steps each looked like a new episode) or state jumps.
         self.policy.episodes = EpisodeDetection(prompt_change=False, gap_s=None, gap_factor=None, state_jump=None)
+        if warm_up:  # the harness's runner listens only after this: no shard's first step waits for a compile
+            example = self.spec.example(np.random.default_rng(0), self.size, prompt="warm up")
+            self.policy.warm_up(example, [1 << i for i in range((max_batch_size - 1).bit_length() + 1)])
 
     def get_observation_params(self) -> dict[str, Any]:
         return {"send_wrist_image": len(self.spec.cameras) > 1, "send_state": True}

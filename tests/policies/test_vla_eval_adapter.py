@@ -38,6 +38,10 @@ def adapter_class():
 def test_vla_eval_shards_get_batched_actions(trained_libero):
     cfg, step_dir = trained_libero
     server = adapter_class()(str(step_dir), cfg.name, chunk_size=2, max_batch_size=4, max_wait_time=0.05)
+    # Compiled before the runner listens: batch sizes 1, 2 and 4, without and with a committed prefix.
+    key = server.policy.compiled_key(server.policy.decoder.resolve(server.policy.settings))
+    compiled = lambda: [server.policy.compiled_decode(key, p)._cache_size() for p in (False, True)]
+    assert compiled() == [3, 3]
     batches = []
     infer_batch = server.policy.infer_batch
     server.policy.infer_batch = lambda items: batches.append(len(items)) or infer_batch(items)
@@ -98,6 +102,7 @@ def test_vla_eval_shards_get_batched_actions(trained_libero):
         assert len(got) == 8 and all(a.shape == (7,) and np.all(np.isfinite(a)) for a in got)
     assert sum(batches) == 3 * 2 * 2 and max(batches) > 1  # a chunk every 2 steps; shards decoded together
     assert len(resets) == 3 * 2  # one reset per EPISODE_START
+    assert compiled() == [3, 3]  # no shard's request compiled anything
 
 
 def test_only_the_harness_says_when_an_episode_starts(trained_libero, monkeypatch):
@@ -106,7 +111,7 @@ def test_only_the_harness_says_when_an_episode_starts(trained_libero, monkeypatc
     from types import SimpleNamespace
 
     cfg, step_dir = trained_libero
-    server = adapter_class()(str(step_dir), cfg.name, chunk_size=2, warm_start="aligned")
+    server = adapter_class()(str(step_dir), cfg.name, chunk_size=2, warm_start="aligned", warm_up=False)
     replies = []
     infer_batch = server.policy.infer_batch
     server.policy.infer_batch = lambda items: replies.extend(infer_batch(items)) or replies[-len(items):]

@@ -68,9 +68,12 @@ def test_decoder_kind_is_selectable_from_the_cli_for_every_config():
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """Two committed steps of the tiny flow config on generated data."""
+    """Two committed steps of the tiny flow config on generated data, at the size tests/training/test_train_loop.py
+    trains it (16 px, horizon 4), so the persistent compilation cache serves one of the two."""
     tmp = tmp_path_factory.mktemp("record")
-    cfg = dataclasses.replace(get_config("debug"), num_train_steps=2, save_interval=1, max_to_keep=2,
+    base = get_config("debug")
+    model = dataclasses.replace(base.model, image_resolution=(16, 16), action_horizon=4)
+    cfg = dataclasses.replace(base, model=model, num_train_steps=2, save_interval=1, max_to_keep=2,
                               checkpoint_base_dir=str(tmp / "ckpt"), assets_base_dir=str(tmp / "assets"),
                               async_checkpoint=False, exp_name="run")
     loop.train(cfg, progress=False)
@@ -104,17 +107,17 @@ def test_config_is_optional_and_a_mismatch_is_refused(trained_run):
     assert policy.decoder.kind == "flow"
     with pytest.raises(ValueError, match="model.decoder.kind: 'eqm' in --config, 'flow' in the checkpoint"):
         create_trained_policy("debug_eqm", run)
-    assert create_trained_policy("debug", run).decoder.kind == "flow"
+    assert create_trained_policy(cfg, run).decoder.kind == "flow"
 
 
 def test_old_checkpoints_without_a_record_load_with_a_config(trained_run, tmp_path):
-    _, run = trained_run
+    cfg, run = trained_run
     old = tmp_path / "old"
     shutil.copytree(run / "2", old)
     shutil.rmtree(old / "train_config")
     with pytest.raises(ValueError, match="records no train config"):
         resolve_checkpoint(old)
-    assert create_trained_policy("debug", old).decoder.kind == "flow"
+    assert create_trained_policy(cfg, old).decoder.kind == "flow"
     # the decoder kind cannot be checked without a record, but the shapes are
     short = dataclasses.replace(get_config("debug"), name="short")
     short = dataclasses.replace(short, model=dataclasses.replace(short.model, action_dim=16))

@@ -54,9 +54,12 @@ def _committed(run: Path) -> list[int]:
     return sorted(int(p.name) for p in run.iterdir() if p.name.isdigit() and (p / COMMIT_MARKER).is_file())
 
 
-def _reference(base: Path, *extra: str) -> list[float]:
-    out = subprocess.run(_cmd(base, "reference", *extra), cwd=REPO, env=_env(), capture_output=True, text=True,
-                         timeout=600)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> list[float]:
+    """The uninterrupted run's losses, once for both tests (the save interval does not change them)."""
+    base = tmp_path_factory.mktemp("reference")
+    out = subprocess.run(_cmd(base, "reference", "--save-interval=3"), cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return [r["loss"] for r in _records(base / "debug_eqm" / "reference")]
 
@@ -90,10 +93,9 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300, poll: flo
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_sigterm_at_a_random_step_loses_no_step(base):
+def test_sigterm_at_a_random_step_loses_no_step(base, reference):
     tmp_path = base
     rng = random.Random(int(os.environ.get("PI0_FAULT_SEED", time.time_ns() % 10**6)))
-    reference = _reference(tmp_path, "--save-interval=1000")
     run = tmp_path / "debug_eqm" / "sig"
     at = rng.randint(2, STEPS - 5)
     proc = subprocess.Popen(_cmd(tmp_path, "sig", "--save-interval=1000"), cwd=REPO, env=_env(),
@@ -116,14 +118,13 @@ def test_sigterm_at_a_random_step_loses_no_step(base):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_kill_9_at_random_moments_always_resumes(base):
+def test_kill_9_at_random_moments_always_resumes(base, reference):
     """Five kill -9 at random moments (one as soon as a save has started writing), each followed by --resume; then
     the run finishes with the uninterrupted run's losses. Steps lost per kill = last logged - last committed."""
     tmp_path = base
     seed = int(os.environ.get("PI0_FAULT_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
     save = ["--save-interval=3"]
-    reference = _reference(tmp_path, *save)
     run = tmp_path / "debug_eqm" / "kill"
     kills = []
     for attempt in range(5):

@@ -14,6 +14,7 @@ from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.training import loop
 from pi0_eqm.training import weights
 from pi0_eqm.training.config import get_config
+from pi0_eqm.training.config import with_decoder_kind
 from pi0_eqm.training.freeze import FreezeConfig
 from pi0_eqm.training.freeze import ParamPartition
 from pi0_eqm.training.norm_stats import compute_for_config
@@ -42,12 +43,24 @@ def _initial_params(cfg):
     return part, _flat(part.cast_frozen(cfg.model.init(init_rng)))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["debug_lora", "debug_eqm_lora"])
-def test_only_lora_params_change_and_optimizer_holds_only_them(tmp_path, name):
-    cfg = _cfg(tmp_path, name)
+@pytest.fixture(scope="module")
+def lora_libero_run(tmp_path_factory):
+    """Flow LoRA on the LIBERO pipeline, trained once for this module: dataset → norm stats → 2 steps → a run
+    directory (the EqM LoRA model trains on toy data below, in the compiled step the resume test shares)."""
+    tmp = tmp_path_factory.mktemp("lora_libero")
+    base = with_decoder_kind(get_config("debug_libero"), "flow")
+    ds = make_libero_dataset(tmp / "data")
+    model = dataclasses.replace(base.model, paligemma_variant="gemma_tiny_lora",
+                                action_expert_variant="gemma_tiny_expert_lora")
+    cfg = dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, path=str(ds)), num_train_steps=2,
+                              save_interval=2, checkpoint_base_dir=str(tmp / "ckpt"),
+                              assets_base_dir=str(tmp / "assets"), async_checkpoint=False)
+    compute_for_config(cfg)
     part, before = _initial_params(cfg)
-    out = loop.train(cfg, progress=False)
+    return cfg, part, before, loop.train(cfg, progress=False)
+
+
+def _assert_only_lora_trained(part, before, out):
     assert all(np.isfinite(h["loss"]) for h in out["history"])
     after = _flat(out["state"].params)
     assert set(after) == set(before)
@@ -62,6 +75,21 @@ def test_only_lora_params_change_and_optimizer_holds_only_them(tmp_path, name):
     opt_sizes = sum(x.size for x in jax.tree.leaves(out["state"].opt_state) if x.ndim > 0)
     n_train, n_frozen = part.count(out["state"].params)
     assert opt_sizes == 2 * n_train and n_frozen > 0
+
+
+@pytest.mark.slow
+def test_only_lora_params_change_and_optimizer_holds_only_them_flow(lora_libero_run):
+    """The flow LoRA model, trained through the LIBERO pipeline (the run the serving test below uses)."""
+    cfg, part, before, out = lora_libero_run
+    assert cfg.model.decoder.kind == "flow"
+    _assert_only_lora_trained(part, before, out)
+
+
+@pytest.mark.slow
+def test_only_lora_params_change_and_optimizer_holds_only_them_eqm(tmp_path):
+    cfg = _cfg(tmp_path, "debug_eqm_lora")
+    part, before = _initial_params(cfg)
+    _assert_only_lora_trained(part, before, loop.train(cfg, progress=False))
 
 
 def test_lora_run_resumes_to_the_uninterrupted_result(tmp_path):
@@ -126,18 +154,9 @@ def test_cli_freezing_everything_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_libero_checkpoint_serves_through_the_policy(tmp_path):
-    """LoRA on the LIBERO pipeline: dataset → norm stats → train → the run directory → Policy.infer."""
-
-    base = get_config("debug_libero")
-    ds = make_libero_dataset(tmp_path / "data")
-    model = dataclasses.replace(base.model, paligemma_variant="gemma_tiny_lora",
-                                action_expert_variant="gemma_tiny_expert_lora")
-    cfg = dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, path=str(ds)), num_train_steps=2,
-                              save_interval=2, checkpoint_base_dir=str(tmp_path / "ckpt"),
-                              assets_base_dir=str(tmp_path / "assets"), async_checkpoint=False)
-    compute_for_config(cfg)
-    loop.train(cfg, progress=False)
+def test_lora_libero_checkpoint_serves_through_the_policy(lora_libero_run):
+    """Flow LoRA on the LIBERO pipeline: dataset → norm stats → train → the run directory → Policy.infer."""
+    cfg = lora_libero_run[0]
     saved = _flat(restore_params(cfg.checkpoint_dir / "2" / "params"))
     assert sum("lora" in p for p in saved) == 20
     policy = create_trained_policy(cfg, cfg.checkpoint_dir)

@@ -27,6 +27,7 @@ from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.weights import NoOpWeightLoader
 
 FORMAT = 1
+DATA_FINGERPRINT = "data_fingerprint"  # the record's key for the training data's content fingerprint
 _CLASS = "__class__"
 _TRUSTED_PREFIX = "pi0_eqm."
 
@@ -95,9 +96,13 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-def config_to_record(config: TrainConfig) -> dict:
-    """The JSON-ready record of ``config``."""
-    return {"format": FORMAT, "config": _to_json(config)}
+def config_to_record(config: TrainConfig, data_fingerprint: str | None = None) -> dict:
+    """The JSON-ready record of ``config``, with the training data's content fingerprint
+    (``pi0_eqm.data.fingerprint``) when it has files."""
+    record = {"format": FORMAT, "config": _to_json(config)}
+    if data_fingerprint is not None:
+        record[DATA_FINGERPRINT] = data_fingerprint
+    return record
 
 
 def config_from_record(record: dict) -> TrainConfig:
@@ -112,19 +117,35 @@ def config_from_record(record: dict) -> TrainConfig:
     return config
 
 
-def read_config(directory: str | os.PathLike) -> TrainConfig | None:
-    """The train config recorded in a step or exported directory, or ``None`` if it has none (older checkpoints)."""
+def _read_record(directory: str | os.PathLike) -> Any:
+    """The raw record of a step or exported directory, or ``None`` if it has none (older checkpoints)."""
     path = record_path(directory)
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
+
+
+def _config_of(record: dict | None, directory: str | os.PathLike) -> TrainConfig | None:
+    if record is None:
+        return None
     try:
         return config_from_record(record)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise ValueError(f"{record_path(directory)}: {e}") from e
+
+
+def read_config(directory: str | os.PathLike) -> TrainConfig | None:
+    """The train config recorded in a step or exported directory, or ``None`` if it has none (older checkpoints)."""
+    return _config_of(_read_record(directory), directory)
+
+
+def read_config_and_data(directory: str | os.PathLike) -> tuple[TrainConfig | None, str | None]:
+    """The recorded train config and data fingerprint of a step (``None`` for what it does not record)."""
+    record = _read_record(directory)
+    return _config_of(record, directory), record.get(DATA_FINGERPRINT) if isinstance(record, dict) else None
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:
@@ -155,14 +176,20 @@ RESUMABLE_FIELDS = ("resume", "overwrite", "num_train_steps", "log_interval", "s
                     "assets_base_dir", "wandb_enabled", "project_name", "async_checkpoint", "weight_loader")
 
 
-def resume_differences(given: TrainConfig, recorded: TrainConfig) -> list[str]:
+def resume_differences(given: TrainConfig, recorded: TrainConfig, given_data: str | None = None,
+                       recorded_data: str | None = None) -> list[str]:
     """``"<field>: <recorded> in the checkpoint, <given> now"`` for each field outside :data:`RESUMABLE_FIELDS`
-    that differs between the recorded config of the step being resumed and the new config."""
+    that differs between the recorded config of the step being resumed and the new config; and the data's content
+    when both fingerprints are known and differ (same path, other files)."""
     a, b = _flatten(_to_json(given), "config"), _flatten(_to_json(recorded), "config")
     skip = tuple(f"config.{f}" for f in RESUMABLE_FIELDS)
     keys = [k for k in sorted(set(a) | set(b)) if not any(k == p or k.startswith(p + ".") for p in skip)]
-    return [f"{k.removeprefix('config.')}: {b.get(k)!r} in the checkpoint, {a.get(k)!r} now"
-            for k in keys if a.get(k) != b.get(k)]
+    out = [f"{k.removeprefix('config.')}: {b.get(k)!r} in the checkpoint, {a.get(k)!r} now"
+           for k in keys if a.get(k) != b.get(k)]
+    if given_data is not None and recorded_data is not None and given_data != recorded_data:
+        out.append(f"the data's content (sizes and first/last bytes of its files, pi0_eqm.data.fingerprint): "
+                   f"{recorded_data[:19]}… in the checkpoint, {given_data[:19]}… now")
+    return out
 
 
 def config_differences(given: TrainConfig, recorded: TrainConfig) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from pi0_eqm.data import transforms as _t
+from pi0_eqm.data.fingerprint import content_fingerprint
 from pi0_eqm.data.lerobot import LeRobotDataset
 from pi0_eqm.data.lerobot_v3 import LeRobotV3Dataset
 from pi0_eqm.data.lerobot_v3 import is_lerobot_v3
@@ -153,6 +154,10 @@ class EpisodicDataConfig:
         p = Path(self.path).expanduser()
         return p if p.is_absolute() else data_home() / p
 
+    def fingerprint(self) -> str | None:
+        """The dataset's content fingerprint (``pi0_eqm.data.fingerprint``), recorded with every step."""
+        return content_fingerprint(self.resolved_path())
+
     def open_source(self):
         path = self.resolved_path()
         if not path.exists():
@@ -210,6 +215,10 @@ class ToyDataConfig:
             fast = FastTokenizer.fit(chunks, scale=model.ki.fast_scale, vocab_size=model.ki.fast_vocab_size)
             transforms = _t.Group(inputs=(TokenizeFastActions(fast, model.fast_layout, model.ki.max_fast_tokens),))
         return DataConfig(asset_id=None, pipeline=Pipeline(model=transforms), source=self, fast_tokenizer=fast)
+
+    def fingerprint(self) -> None:
+        """Generated samples: no files to fingerprint."""
+        return None
 
     def open_source(self):
         raise TypeError("the toy data config has no episodic source")

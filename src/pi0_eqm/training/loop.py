@@ -31,7 +31,7 @@ from pi0_eqm.training.augment import with_augmentation
 from pi0_eqm.training.checkpoint_dir import latest_step_dir
 from pi0_eqm.training.config import TrainConfig
 from pi0_eqm.training.config_record import config_to_record
-from pi0_eqm.training.config_record import read_config
+from pi0_eqm.training.config_record import read_config_and_data
 from pi0_eqm.training.config_record import resume_differences
 from pi0_eqm.training.data_loader import create_data_loader
 from pi0_eqm.training.data_loader import split_batch
@@ -145,16 +145,16 @@ def step_key(config: TrainConfig, mesh) -> tuple:
             config.augment_images, config.fsdp_devices, config.fsdp_min_size_mbytes, mesh)
 
 
-def _check_resume_config(config: TrainConfig) -> None:
-    """Refuse a ``--resume`` whose config differs from the one the newest step recorded (fields a resume may change:
-    ``config_record.RESUMABLE_FIELDS``)."""
+def _check_resume_config(config: TrainConfig, data_fingerprint: str | None) -> None:
+    """Refuse a ``--resume`` whose config or data content differs from what the newest step recorded (fields a
+    resume may change: ``config_record.RESUMABLE_FIELDS``)."""
     try:
         step_dir = latest_step_dir(config.checkpoint_dir)
-        recorded = read_config(step_dir)
+        recorded, recorded_data = read_config_and_data(step_dir)
     except (FileNotFoundError, ValueError) as e:
         logger.warning("cannot compare with the recorded train config (%s); resuming without that check", e)
         return
-    diffs = resume_differences(config, recorded) if recorded is not None else []
+    diffs = resume_differences(config, recorded, data_fingerprint, recorded_data) if recorded is not None else []
     if diffs:
         listed = "\n  ".join(diffs)
         raise ValueError(
@@ -188,13 +188,14 @@ def train(config: TrainConfig, *, progress: bool = True, stop_after: int | None 
     # The data and its norm stats are checked before the run directory is touched.
     block, blocks = _sharding.process_batch_block(mesh)  # the global batches do not depend on the process count
     loader = create_data_loader(config, data_cfg, shard_index=block, shard_count=blocks)
+    data_fingerprint = config.data.fingerprint()
     manager, resuming = _ckpt.initialize_checkpoint_dir(
         config.checkpoint_dir, keep_period=config.keep_period, max_to_keep=config.max_to_keep,
         overwrite=config.overwrite, resume=config.resume, async_save=config.async_checkpoint,
         base_dir=config.checkpoint_base_dir,
     )
     setup = _Setup(config, mesh, process_index, data_cfg, decoder, tx, schedule, partition, init_state, abstract,
-                   state_sharding, loader)
+                   state_sharding, loader, data_fingerprint)
     try:
         return _train_in(setup, manager, resuming, progress=progress, stop_after=stop_after)
     finally:
@@ -217,6 +218,7 @@ class _Setup:
     abstract: Any
     state_sharding: Any
     loader: DataLoader
+    data_fingerprint: str | None  # the training data's content (pi0_eqm.data.fingerprint), recorded with every step
 
 
 def _train_in(setup: _Setup, manager, resuming: bool, *, progress: bool, stop_after: int | None) -> dict:
@@ -224,7 +226,7 @@ def _train_in(setup: _Setup, manager, resuming: bool, *, progress: bool, stop_af
     config, mesh, process_index, data_cfg = setup.config, setup.mesh, setup.process_index, setup.data_cfg
     loader, abstract, state_sharding, partition = setup.loader, setup.abstract, setup.state_sharding, setup.partition
     if resuming:
-        _check_resume_config(config)
+        _check_resume_config(config, setup.data_fingerprint)
     data_iter = iter(loader)
 
     if resuming:
@@ -266,7 +268,7 @@ def _train_in(setup: _Setup, manager, resuming: bool, *, progress: bool, stop_af
     asset_dirs = {f"{data_cfg.asset_id}/{FAST_TOKENIZER_DIR}": fast_dir} if data_cfg.asset_id and fast_dir.is_dir() \
         else None
     wandb_run = _maybe_wandb(config, resuming)
-    config_record = config_to_record(config)  # every step records the config it was trained with
+    config_record = config_to_record(config, setup.data_fingerprint)  # every step records its config and data
 
     def save(s, wait=False):
         _ckpt.save_state(manager, s, ema=config.ema_decay is not None, norm_stats=norm_stats,

@@ -27,7 +27,8 @@ def _setup() -> None:
 
     cache = Path(os.environ.get("PI0_JAX_CACHE", Path("~/.cache/pi0_eqm/jax").expanduser()))
     jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own variable wins when set
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -50,11 +50,37 @@ def _mappings_and_rss() -> tuple[int, int]:
     return maps, rss
 
 
+# Seconds each of the heaviest modules took in a clean-clone CI run (3 workers on 2 cores, stop 26): the longest
+# start first (LPT), so no long module starts when the other workers have nothing left. Modules not listed that
+# hold a ``slow`` test come next, then the rest in collection order. xdist would otherwise reorder the modules by
+# their number of tests (``--loadscope-reorder``, its default; pyproject's addopts turn it off).
+MODULE_SECONDS = {
+    "tests/training/test_lora_training.py": 300, "tests/training/test_faults_kill.py": 245,
+    "tests/models/test_ki.py": 200, "tests/training/test_distributed.py": 190, "tests/envs/test_aloha_sim.py": 160,
+    "tests/training/test_ki_training.py": 160, "tests/decoders/test_prefix_training.py": 140,
+    "tests/decoders/test_eqm_training.py": 140, "tests/training/test_augment.py": 135,
+    "tests/models/test_pi05.py": 130, "tests/training/test_faults.py": 115, "tests/benchmarks/test_realtime_study.py": 110,
+    "tests/decoders/test_realtime.py": 105, "tests/benchmarks/test_decoder_study.py": 100,
+    "tests/benchmarks/test_ki_ablation.py": 100, "tests/benchmarks/test_embedded.py": 90,
+    "tests/examples/test_libero_end_to_end.py": 85, "tests/policies/test_pi05_policy.py": 85,
+    "tests/training/test_checkpoints.py": 80, "tests/benchmarks/test_device_benchmark.py": 70,
+    "tests/training/test_config_record.py": 60, "tests/analysis/test_notebook.py": 60,
+    "tests/training/test_train_loop.py": 60, "tests/examples/test_vla_eval_libero.py": 45,
+    "tests/test_architecture.py": 45, "tests/models/test_lora.py": 40, "tests/policies/test_policy.py": 40,
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Modules holding a ``slow`` test run first (stable order otherwise): under ``--dist loadfile`` a long module
-    started last keeps one worker busy while the others have nothing left."""
+    """The heaviest modules first, longest first (``MODULE_SECONDS``), then the other modules holding a ``slow``
+    test, then the rest (stable order otherwise): under ``--dist loadfile`` a long module started last keeps one
+    worker busy while the others have nothing left."""
     slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+
+    def key(item):
+        module = item.nodeid.split("::")[0]
+        return -MODULE_SECONDS.get(module, 0), module not in slow
+
+    items.sort(key=key)
 
 
 @pytest.fixture(autouse=True, scope="module")

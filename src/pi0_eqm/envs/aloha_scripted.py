@@ -40,6 +40,7 @@ EE_SCENES = {"transfer_cube": "bimanual_viperx_end_effector_transfer_cube.xml",
 PAD = np.array([0.0987, 0.0, 0.0])  # finger pads in the gripper link's frame (link origin + 0.0687 + ~0.03)
 RIGHT_REST = np.array([0.0, 0.0, 0.0, 1.0])  # gripper orientations at rest (w, x, y, z): the right arm faces −x
 LEFT_REST = np.array([1.0, 0.0, 0.0, 0.0])
+PEG_HALF_LENGTH = SOCKET_HALF_LENGTH = 0.06  # both boxes are 12 cm long along their x axis (the scene's MJCF)
 LEROBOT_NAMES = {"top": "observation.images.top", STATE_KEY: "observation.state", ACTION_KEY: "action"}
 
 
@@ -124,7 +125,7 @@ class ScriptedExpert:
             self.left_quat = qmul(LEFT_REST, axis_quat([1, 0, 0], 90))  # level, rolled: fingers open up/down
         else:
             self.left_quat = qmul(LEFT_REST, pitch)
-        self.meet = np.array([0.0, 0.5, 0.25 if task == "transfer_cube" else 0.15])
+        self.meet = np.array([0.0, 0.5, 0.25])  # where the transfer's hand-over happens
         self.left, self.right = self._start(objects)
 
     def _start(self, objects: np.ndarray):
@@ -136,28 +137,35 @@ class ScriptedExpert:
                      _at(380, meet + [0.1, 0, 0.05], 1)]
             left = [_at(0, meet + [-0.25, 0, 0], 0), _at(100, meet + [-0.15, 0, 0], 1), _at(200, meet + [-0.12, 0, 0], 1)]
             return left, right
-        peg = np.array([objects[0] + 0.03, objects[1], 0.01])
-        socket = np.array([objects[7] - 0.03, objects[8], 0.022])
+        # Insertion: the right arm grasps the peg at its middle, lifts it and carries it in line with the socket's
+        # open end (+x); the left arm holds the socket down on the table from above, fingers closed, so the push
+        # cannot slide it away; from step 290 the right arm re-aims the peg's tip at the socket's mouth every 20 steps
+        # and pushes it in until it touches the pin.
+        peg = np.array([objects[0], objects[1], 0.01])
+        mouth = np.array([objects[7] + SOCKET_HALF_LENGTH, objects[8], 0.042])
+        top = np.array([objects[7] - 0.04, objects[8], 0.052])  # pads 1 cm above the socket's top wall
         right = [_at(0, peg + [0, 0, 0.1], 0), _at(90, peg + [0, 0, 0.1], 1), _at(130, peg, 1), _at(160, peg, 0),
-                 _at(230, meet + [0.13, 0, 0], 0)]
-        left = [_at(0, socket + [0, 0, 0.1], 0), _at(90, socket + [0, 0, 0.1], 1), _at(130, socket, 1),
-                _at(160, socket, 0), _at(230, meet + [-0.13, 0, 0], 0)]
+                 _at(190, peg + [0, 0, 0.06], 0), _at(260, mouth + [0.18, 0, 0], 0)]
+        left = [_at(0, top + [0, 0, 0.1], 0), _at(120, top + [0, 0, 0.05], 0), _at(170, top, 0)]
         return left, right
 
     def replan(self, t: int, objects: np.ndarray) -> None:
-        """Transfer: from 220 to 300, every 20 steps, the left gripper heads for where the held cube is. Insertion: at 250, 290 and 330
-        the right arm moves the peg in line with the socket's opening, then into it."""
+        """Transfer: from 220 to 300, every 20 steps, the left gripper heads for where the held cube is. Insertion:
+        from 290, every 20 steps (8 times), the right arm moves the peg's tip to 2 cm outside the socket's mouth,
+        then 2 cm deeper each time down to 4 cm inside (the pin's end is 2 cm inside)."""
         if self.task == "transfer_cube" and t in (220, 240, 260, 280, 300):
             held = objects[:3]
             later = [_at(260, held + [-0.1, 0, 0], 1), _at(295, held + [0.02, 0, 0], 1),
                      _at(305, held + [0.02, 0, 0], 1), _at(320, held + [0.02, 0, 0], 0),
                      _at(370, held + [-0.1, 0, 0], 0)]
             self.left = [(t, _interpolate(self.left, t)), *(w for w in later if w[0] > t)]
-        elif self.task == "insertion" and t in (250, 290, 330):
-            peg, socket = objects[:3], objects[7:10]
-            want = socket + [0.14 if t == 250 else 0.095, 0, 0]
+        elif self.task == "insertion" and t >= 290 and (t - 290) % 20 == 0 and t < 290 + 8 * 20:
+            k = (t - 290) // 20 + 1
+            tip = objects[:3] - PEG_HALF_LENGTH * qrot(objects[3:7], np.array([1.0, 0.0, 0.0]))
+            mouth = objects[7:10] + SOCKET_HALF_LENGTH * qrot(objects[10:14], np.array([1.0, 0.0, 0.0]))
+            depth = 0.02 if k <= 2 else max(-0.04, 0.02 - (k - 2) * 0.02)
             now = _interpolate(self.right, t)
-            self.right = [(t, now), _at(t + 35, now[:3] + (want - peg), 0)]
+            self.right = [(t, now), _at(t + 20, now[:3] + (mouth + [depth, 0, 0] - tip), 0)]
 
     def targets(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         return _interpolate(self.left, t), _interpolate(self.right, t)

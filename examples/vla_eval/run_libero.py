@@ -7,8 +7,8 @@
 Starts ``--shards`` ``vla-eval run --no-docker`` processes on ``libero_cpu.yaml`` (this folder on ``PYTHONPATH``, so
 the config's ``libero_benchmark:LIBEROBenchmark`` resolves) with one ``--eval-id``: the harness gives each shard its
 share of the (task, episode) items and every shard records into ``<output-dir>/recording-<eval-id>.sqlite``. Waits for
-the server to accept connections first (the adapter listens only once its warm-up compiles are done), then for every
-shard; a failed shard is named with the end of its log (``<output-dir>/shard-<i>.log``), exit 1. Then exports the
+the server to accept connections first (the adapter listens only once its warm-up compiles are done; none within
+``--server-wait-s``: exit 2), then for every shard; a failed shard is named with the end of its log (``<output-dir>/shard-<i>.log``), exit 1. Then exports the
 harness's episode records and summary (``vla-eval export``) and prints the success rate. Arguments after ``--`` go to
 every ``vla-eval run`` (e.g. ``-- --benchmark-field max_tasks=2 --benchmark-field max_steps=60``).
 """
@@ -60,15 +60,20 @@ def wait_for_server(url: str, timeout_s: float) -> None:
                 return
         except OSError as e:
             if time.monotonic() > deadline:
-                raise SystemExit(f"error: no model server at {url} after {timeout_s:.0f} s ({e}); start "
-                                 "examples/vla_eval/pi0_eqm_server.py first") from None
-            time.sleep(1.0)
+                print(f"error: no model server at {url} after {timeout_s:.0f} s ({e}); start "
+                      "examples/vla_eval/pi0_eqm_server.py first", file=sys.stderr)
+                sys.exit(2)
+            time.sleep(min(1.0, timeout_s))
 
 
 def main(argv: list[str]) -> int:
     args, extra = parse_args(argv)
     out = args.output_dir.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: --output-dir {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     eval_id = args.eval_id or uuid.uuid4().hex[:12]
     wait_for_server(args.server_url, args.server_wait_s)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}

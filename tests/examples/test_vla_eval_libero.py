@@ -58,3 +58,18 @@ def test_two_shards_evaluate_libero_through_the_harness(trained_libero, tmp_path
     for shard in (0, 1):  # the harness gave each shard one of the two episodes
         assert (out / f"shard-{shard}.log").read_text().count(" ep0: ") == 1
     assert "over 2 episodes (2 tasks)" in run.stdout, run.stdout
+
+
+def test_the_launcher_s_bad_input_is_one_line_and_exit_2(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, str(HERE / "run_libero.py"), *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    for args, says in [(["--shards", "0"], "--shards must be at least 1"),
+                       (["--server-url", "http://x"], "expected ws://HOST:PORT"),
+                       (["--config", "nope.yaml"], "no such file"),
+                       (["--server-url", f"ws://127.0.0.1:{free_port()}", "--server-wait-s", "0.5",
+                         "--output-dir", str(tmp_path / "out")], "no model server at")]:
+        proc = run(*args)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "out" / "shard-0.log").exists()  # nothing started without a server

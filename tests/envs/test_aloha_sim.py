@@ -18,6 +18,7 @@ from pi0_eqm.data.episodes import ACTION_KEY
 from pi0_eqm.data.episodes import STATE_KEY
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.envs import aloha_scripted
+from pi0_eqm.envs.aloha_sim import PROMPTS
 from pi0_eqm.envs.aloha_sim import AlohaSimEnv
 from pi0_eqm.envs.aloha_sim import object_pose
 from pi0_eqm.envs.evaluate import evaluate
@@ -26,6 +27,8 @@ from pi0_eqm.models.decoder_config import EqmConfig
 from pi0_eqm.robots import ALOHA_SIM
 from pi0_eqm.serving.schema import validate
 from pi0_eqm.training import loop
+from pi0_eqm.models.tokenizer import WordHashTokenizer
+from pi0_eqm.training.config import configs
 from pi0_eqm.training.config import get_config
 from pi0_eqm.training.norm_stats import compute_for_config
 from tests.serving.conftest import free_port
@@ -132,6 +135,18 @@ def test_scripted_transfer_demos_replay_and_the_cpu_benchmark_trains_and_evaluat
     # openpi's Runtime checks the step limit before counting the step: --max-episode-steps 20 runs 21 (3 chunks of 8)
     assert lines[0]["steps"] == 21 and 0 <= lines[0]["reward"] <= 4, client.stdout
     assert lines[-1] == {"episodes": 1, "successes": int(lines[0]["success"])}, client.stdout
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(configs()) if getattr(get_config(n).data.spec(), "name", None) == "aloha_sim"
+                                  and get_config(n).model.pi05 and get_config(n).model.tokenizer == "words"])
+def test_pi05_prompts_with_the_14_state_bins_fit_the_token_budget(name):
+    """π₀.5 puts the discretised state in the prompt: with 14 joints it outgrew the 24 tokens of the Meta-World
+    preset, and every ALOHA request was truncated (a warning, then training on cut prompts)."""
+    model = get_config(name).model
+    tokenizer = WordHashTokenizer(model.max_token_len, model.text_vocab_size)
+    for prompt in PROMPTS.values():
+        _, mask = tokenizer.tokenize(prompt, np.zeros(14))
+        assert not mask[-1], (name, prompt, model.max_token_len)  # one pad left: nothing was cut
 
 
 def test_the_expert_reaches_the_top_reward_on_most_transfer_configurations():

@@ -208,7 +208,9 @@ def _aloha_sim_cpu(name: str, decoder, preset: str = "pi0_metaworld") -> TrainCo
     joints in π units, H 16 (0.32 s at 50 Hz), the scripted demos of ``scripts/generate_aloha_demos.py`` (30 kept
     episodes, seed 0), batch 32, 1500 steps. π₀.5 (``preset="pi05_metaworld"``) normalises with quantiles, as
     openpi's π₀.5 configs."""
-    model = model_config(preset, decoder, real_action_dim=14, image_keys=("base_0_rgb",))
+    # π₀.5's prompt holds the 14 state bins: "Task: insert the peg into the socket, State: …;\nAction: " is 29 words.
+    tokens = {"max_token_len": 32} if preset.startswith("pi05") else {}
+    model = model_config(preset, decoder, real_action_dim=14, image_keys=("base_0_rgb",), **tokens)
     data = dataclasses.replace(_ALOHA_SIM_DATA, path="lerobot/aloha_sim_transfer_cube_scripted_e30_s0_r64",
                                asset_id="aloha_sim_transfer_cube_scripted",
                                how_to_obtain="uv run scripts/generate_aloha_demos.py --episodes 30 --resolution 64",

@@ -8,9 +8,10 @@ Starts ``--shards`` ``vla-eval run --no-docker`` processes on ``libero_cpu.yaml`
 the config's ``libero_benchmark:LIBEROBenchmark`` resolves) with one ``--eval-id``: the harness gives each shard its
 share of the (task, episode) items and every shard records into ``<output-dir>/recording-<eval-id>.sqlite``. Waits for
 the server to accept connections first (the adapter listens only once its warm-up compiles are done; none within
-``--server-wait-s``: exit 2), then for every shard; a failed shard is named with the end of its log (``<output-dir>/shard-<i>.log``), exit 1. Then exports the
-harness's episode records and summary (``vla-eval export``) and prints the success rate. Arguments after ``--`` go to
-every ``vla-eval run`` (e.g. ``-- --benchmark-field max_tasks=2 --benchmark-field max_steps=60``).
+``--server-wait-s``: exit 2), then for every shard; a failed shard is named with the end of its log
+(``<output-dir>/shard-<i>.log``), exit 1. Then exports the harness's episode records and summary (``vla-eval export``)
+and prints the success rate. Arguments after ``--`` go to every ``vla-eval run`` (e.g. ``-- --benchmark-field
+max_tasks=2 --benchmark-field max_steps=60``).
 """
 
 from __future__ import annotations

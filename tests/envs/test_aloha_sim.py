@@ -24,10 +24,10 @@ from pi0_eqm.envs.aloha_sim import object_pose
 from pi0_eqm.envs.evaluate import evaluate
 from pi0_eqm.models.configs import model_config
 from pi0_eqm.models.decoder_config import EqmConfig
+from pi0_eqm.models.tokenizer import WordHashTokenizer
 from pi0_eqm.robots import ALOHA_SIM
 from pi0_eqm.serving.schema import validate
 from pi0_eqm.training import loop
-from pi0_eqm.models.tokenizer import WordHashTokenizer
 from pi0_eqm.training.config import configs
 from pi0_eqm.training.config import get_config
 from pi0_eqm.training.norm_stats import compute_for_config

@@ -29,6 +29,7 @@ import tyro
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.episodes import EpisodeDetection
 from pi0_eqm.policies.policy import SERVING_CAPS
+from pi0_eqm.policies.policy import padded_batch_sizes
 from pi0_eqm.serving.server import MAX_CONNECTIONS
 from pi0_eqm.serving.server import MAX_CONNECTIONS_PER_PEER
 
@@ -85,7 +86,7 @@ def build_server(args: Args):
     metadata.update({"config": cfg.name, "decoder": cfg.model.decoder.kind, **policy.serving_metadata(),
                      "max_batch": args.max_batch})
     example = spec.example(np.random.default_rng(0), size, prompt=args.default_prompt or "warm up")
-    buckets = [1 << i for i in range((args.max_batch - 1).bit_length() + 1)]  # the padded batch sizes
+    buckets = padded_batch_sizes(args.max_batch)
     if args.warm_variants and "variant" not in policy.decoder.compiled_fields:
         raise ValueError(f"--warm-variants: the {cfg.model.decoder.kind} decoder has no solver variants")
     also = [{"variant": v} for v in args.warm_variants]

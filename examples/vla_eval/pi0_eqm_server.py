@@ -39,6 +39,7 @@ except ModuleNotFoundError as e:
 from pi0_eqm.data.transforms import resize_with_pad
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.episodes import EpisodeDetection
+from pi0_eqm.policies.policy import padded_batch_sizes
 from pi0_eqm.policies.policy_config import create_trained_policy
 from pi0_eqm.policies.policy_config import resolve_checkpoint
 
@@ -60,7 +61,7 @@ class Pi0EqmModelServer(PredictModelServer):
         self.policy.episodes = EpisodeDetection(prompt_change=False, gap_s=None, gap_factor=None, state_jump=None)
         if warm_up:  # the harness's runner listens only after this: no shard's first step waits for a compile
             example = self.spec.example(np.random.default_rng(0), self.size, prompt="warm up")
-            self.policy.warm_up(example, [1 << i for i in range((max_batch_size - 1).bit_length() + 1)])
+            self.policy.warm_up(example, padded_batch_sizes(max_batch_size))
 
     def get_observation_params(self) -> dict[str, Any]:
         return {"send_wrist_image": len(self.spec.cameras) > 1, "send_state": True}

@@ -29,6 +29,7 @@ from pi0_eqm.models.observation import Observation
 from pi0_eqm.models.pi0 import Pi0
 from pi0_eqm.models.pi0 import Pi0Config
 from pi0_eqm.policies.policy import Policy
+from pi0_eqm.policies.policy import padded_batch_sizes
 from pi0_eqm.serving.server import PolicyServer
 from pi0_eqm.serving.wire import packb
 from pi0_eqm.training.freeze import FreezeConfig
@@ -154,7 +155,7 @@ def serve(policies: dict[str, Policy], clients: list[int], requests: int, decode
     pol = policies[decoder]
     cfg = pol.config
     obs = model_inputs(cfg, np.random.default_rng(1))
-    sizes = [1 << k for k in range((max(clients) - 1).bit_length() + 1)]  # 1, 2, 4, ... up to the padded largest
+    sizes = padded_batch_sizes(max(clients))
     t = time.perf_counter()
     pol.warm_up(obs, batch_sizes=sizes)  # every padded batch size the batcher can form, compiled before timing
     row(kind="serve_warm_up", model="pi05" if cfg.pi05 else "pi0", decoder=decoder, batch_sizes=sizes,

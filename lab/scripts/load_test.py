@@ -29,6 +29,7 @@ import tyro
 
 from pi0_eqm.decoders.settings import DecoderSettings
 from pi0_eqm.policies.policy import SERVING_CAPS
+from pi0_eqm.policies.policy import padded_batch_sizes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -237,7 +238,7 @@ def main(args: Args) -> list[dict]:
     policy.set_caps(SERVING_CAPS)  # as scripts/serve_policy.py serves by default
     py = _openpi_python()
     example = spec.example(np.random.default_rng(0), size, prompt="open the drawer")
-    buckets = [1 << i for i in range((args.max_batch - 1).bit_length() + 1)]
+    buckets = padded_batch_sizes(args.max_batch)
     t0 = time.monotonic()
     policy.warm_up(example, buckets)
     print(f"warm-up (batch sizes {buckets}): {time.monotonic() - t0:.1f} s", flush=True)

@@ -46,6 +46,17 @@ from pi0_eqm.serving.realtime import OVERLAP_KEY
 _MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask")
 
 
+def padded_batch_size(n: int) -> int:
+    """The batch size ``n`` requests decode at: the next power of two, which bounds the compiled batch sizes."""
+    return 1 << (n - 1).bit_length()
+
+
+def padded_batch_sizes(max_batch: int) -> list[int]:
+    """Every batch size a decode of 1 to ``max_batch`` requests runs at (1, 2, 4, … up to the padded largest): what a
+    server's warm-up compiles."""
+    return [1 << i for i in range(padded_batch_size(max_batch).bit_length())]
+
+
 @dataclasses.dataclass(frozen=True)
 class RequestCaps:
     """What one request may spend: the resolved cap on expert forwards and the lowest ε (``None``: no bound)."""
@@ -302,7 +313,7 @@ class Policy:
 
     def _decode_group(self, reqs: list[Request]) -> list[Decoded]:
         n = len(reqs)
-        size = 1 << (n - 1).bit_length()  # a power of two bounds the compiled batch sizes
+        size = padded_batch_size(n)
         padded = reqs + [reqs[0]] * (size - n)
         batch = {k: jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[r.inputs[k] for r in padded])
                  for k in _MODEL_KEYS if k in reqs[0].inputs}

@@ -41,7 +41,7 @@ class Args:
     replan_every: int = 8
     seed: int = 1000  # evaluation seed (demos use 0: held-out configurations)
     max_steps: int | None = None  # default: 200 on Meta-World, 400 on the ALOHA sim
-    tasks: tuple[str, ...] | None = None  # default: the benchmark's (Meta-World's 8; ALOHA: transfer_cube)
+    tasks: tuple[str, ...] | None = None  # default: the benchmark's (Meta-World's 8; ALOHA: the config's task)
     decoder: Annotated[EvalDecoderSettings, tyro.conf.OmitArgPrefixes] = EvalDecoderSettings()
     videos_per_task: int = 0
     out: str = "results/eval"
@@ -85,7 +85,7 @@ def main(args: Args) -> dict:
     if env == "aloha_sim":
         from pi0_eqm.envs import aloha_sim
 
-        tasks = args.tasks or ("transfer_cube",)
+        tasks = args.tasks or tuple(cfg.policy_metadata.get("tasks", ("transfer_cube",)))
         max_steps = args.max_steps or aloha_sim.MAX_STEPS
 
         def make_env(task):

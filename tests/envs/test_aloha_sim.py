@@ -149,6 +149,16 @@ def test_pi05_prompts_with_the_14_state_bins_fit_the_token_budget(name):
         assert not mask[-1], (name, prompt, model.max_token_len)  # one pad left: nothing was cut
 
 
+@pytest.mark.parametrize("name", [n for n in sorted(configs()) if n.endswith("_cpu")
+                                  and get_config(n).policy_metadata.get("env") == "aloha_sim"])
+def test_each_aloha_cpu_config_trains_on_its_tasks_demos_and_is_evaluated_on_that_task(name):
+    cfg = get_config(name)
+    (task,) = cfg.policy_metadata["tasks"]
+    assert cfg.data.path == "lerobot/" + aloha_scripted.dataset_name(task, 30, 0, cfg.model.image_resolution[0])
+    assert cfg.data.default_prompt == PROMPTS[task] and "--episodes 30 --resolution 64" in cfg.data.how_to_obtain
+    assert ("--task insertion" in cfg.data.how_to_obtain) == (task == "insertion")
+
+
 def test_the_expert_reaches_the_top_reward_on_most_transfer_configurations():
     rate, rewards = aloha_scripted.success_rate("transfer_cube", 4)
     assert len(rewards) == 4 and rate >= 0.5, (rate, rewards)
@@ -192,4 +202,5 @@ def test_the_closed_loop_evaluator_runs_the_aloha_sim(tmp_path):
     eps = result["episodes"]
     assert [e["episode"] for e in eps] == [0, 1, 2, 3] and all(e["steps"] <= 400 for e in eps)
     assert sum(e["success"] for e in eps) >= 1  # the expert's own trajectory, executed 5 actions per chunk
+    assert all(0 <= e["max_reward"] <= 4 and (e["max_reward"] == 4) == e["success"] for e in eps)
     assert (tmp_path / "transfer_cube_ep000.mp4").stat().st_size > 1000

@@ -68,7 +68,8 @@ class AlohaSimEnv:
     """One ALOHA sim task: ``reset(episode=None) -> obs``; ``step(action, render=True) -> (obs, success, done)``.
 
     ``obs`` is what an openpi ALOHA client sends: ``{"images": {"cam_high": uint8 [3, r, r]}, "state": float32 [14],
-    "prompt": str}`` (``None`` from ``step(render=False)``). ``done`` is true on success or after ``max_steps``.
+    "prompt": str}`` (``None`` from ``step(render=False)``). ``done`` is true on success or after ``max_steps``;
+    ``max_reward`` is the best task reward of the episode so far (0–4; gym-aloha's stages, 4 is success).
     """
 
     def __init__(self, task: str, seed: int = 0, resolution: int = 64, max_steps: int = MAX_STEPS, *,
@@ -96,7 +97,7 @@ class AlohaSimEnv:
         self.episode = self.episode + 1 if episode is None else int(episode)
         joint_tasks.BOX_POSE[0] = object_pose(self.task, self.configuration_seed(self.episode))
         ts = self._env.reset()
-        self.num_steps, self.success, self.done = 0, False, False
+        self.num_steps, self.success, self.done, self.max_reward = 0, False, False, 0
         self._qpos = np.asarray(ts.observation["qpos"])
         return self.observation()
 
@@ -109,7 +110,8 @@ class AlohaSimEnv:
         ts = self._env.step(action)
         self._qpos = np.asarray(ts.observation["qpos"])
         self.num_steps += 1
-        self.success = self.success or int(ts.reward or 0) == MAX_REWARD
+        self.max_reward = max(self.max_reward, int(ts.reward or 0))
+        self.success = self.success or self.max_reward == MAX_REWARD
         self.done = self.success or self.num_steps >= self.max_steps
         return (self.observation() if render else None), self.success, self.done
 

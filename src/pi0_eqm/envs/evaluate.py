@@ -158,6 +158,7 @@ class _EpisodeLog:
     delays: list[int] = dataclasses.field(default_factory=list)  # real-time: the delay of each chunk (control steps)
     broker_errors: list[str] = dataclasses.field(default_factory=list)
     late: int = 0  # wall-clock: chunks that ran out before their successor arrived
+    max_reward: int | None = None  # the env's best reward in the episode, where it has one (ALOHA sim: 0–4)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -178,7 +179,15 @@ class _EpisodeLog:
             "delays": self.delays,
             "broker_errors": self.broker_errors,
             "late": self.late,
+            "max_reward": self.max_reward,
         }
+
+
+def _finish(log: _EpisodeLog, env) -> dict[str, Any]:
+    log.steps, log.success, log.max_reward = env.num_steps, env.success, getattr(env, "max_reward", None)
+    if env.success:
+        log.success_step = env.num_steps
+    return log.record()
 
 
 def run_episode(
@@ -225,10 +234,7 @@ def run_episode(
             if step_obs is not None:
                 obs = step_obs
         log.env_s += time.perf_counter() - t0
-    log.steps, log.success = env.num_steps, env.success
-    if env.success:
-        log.success_step = env.num_steps
-    return log.record()
+    return _finish(log, env)
 
 
 def _realtime_episode(policy, env, episode, execute, frames, frame_scale, rt, normalize, log, obs) -> dict[str, Any]:
@@ -260,10 +266,7 @@ def _realtime_episode(policy, env, episode, execute, frames, frame_scale, rt, no
     else:
         rtm.simulated_episode(runner, infer, execute, rt, normalize, log.jumps)
         log.delays = [rt.delay] * len(log.latency_s)
-    log.steps, log.success = env.num_steps, env.success
-    if env.success:
-        log.success_step = env.num_steps
-    return log.record()
+    return _finish(log, env)
 
 
 def _versions() -> dict[str, str]:

@@ -114,6 +114,8 @@ _ALOHA_SIM_DATA = EpisodicDataConfig(
     asset_id="lerobot/aloha_sim_transfer_cube_human", default_prompt="Transfer cube",
     how_to_obtain="download the 'lerobot/aloha_sim_transfer_cube_human' LeRobot dataset (or record one in its layout) "
                   "and point --data.path at it")
+# The ALOHA sim tasks' prompts (``pi0_eqm.envs.aloha_sim.PROMPTS``; a test keeps the two equal).
+_ALOHA_SIM_PROMPTS = {"transfer_cube": "Transfer cube", "insertion": "Insert the peg into the socket"}
 # EqM feeds t ≡ 0 through the same time path, so a π₀ base checkpoint fills every param; nothing is missing.
 _PI05_BASE = _weights.CheckpointWeightLoader("checkpoints/pi05_base/params")
 
@@ -203,19 +205,21 @@ def _aloha_sim(name: str, decoder) -> TrainConfig:
                        weight_loader=_PI0_BASE, num_train_steps=20_000)
 
 
-def _aloha_sim_cpu(name: str, decoder, preset: str = "pi0_metaworld") -> TrainConfig:
-    """ALOHA transfer-cube on a CPU: the embedded benchmark's 0.7M-parameter model on the top camera at 64 px, 14-d
-    joints in π units, H 16 (0.32 s at 50 Hz), the scripted demos of ``scripts/generate_aloha_demos.py`` (30 kept
-    episodes, seed 0), batch 32, 1500 steps. π₀.5 (``preset="pi05_metaworld"``) normalises with quantiles, as
-    openpi's π₀.5 configs."""
+def _aloha_sim_cpu(name: str, decoder, preset: str = "pi0_metaworld", task: str = "transfer_cube") -> TrainConfig:
+    """An ALOHA sim task on a CPU: the embedded benchmark's 0.7M-parameter model on the top camera at 64 px, 14-d
+    joints in π units, H 16 (0.32 s at 50 Hz), the scripted demos of ``scripts/generate_aloha_demos.py --task <task>``
+    (30 kept episodes, seed 0), batch 32, 1500 steps. π₀.5 (``preset="pi05_metaworld"``) normalises with quantiles,
+    as openpi's π₀.5 configs. ``scripts/eval.py`` evaluates it on ``task`` (``policy_metadata["tasks"]``)."""
     # π₀.5's prompt holds the 14 state bins: "Task: insert the peg into the socket, State: …;\nAction: " is 29 words.
     tokens = {"max_token_len": 32} if preset.startswith("pi05") else {}
     model = model_config(preset, decoder, real_action_dim=14, image_keys=("base_0_rgb",), **tokens)
-    data = dataclasses.replace(_ALOHA_SIM_DATA, path="lerobot/aloha_sim_transfer_cube_scripted_e30_s0_r64",
-                               asset_id="aloha_sim_transfer_cube_scripted",
-                               how_to_obtain="uv run scripts/generate_aloha_demos.py --episodes 30 --resolution 64",
+    flag = "" if task == "transfer_cube" else f" --task {task}"
+    data = dataclasses.replace(_ALOHA_SIM_DATA, path=f"lerobot/aloha_sim_{task}_scripted_e30_s0_r64",
+                               asset_id=f"aloha_sim_{task}_scripted", default_prompt=_ALOHA_SIM_PROMPTS[task],
+                               how_to_obtain=f"uv run scripts/generate_aloha_demos.py{flag} --episodes 30 --resolution 64",
                                use_quantile_norm=preset.startswith("pi05"))
-    return _cpu_recipe(name, model, data, steps=1500, env="aloha_sim")
+    config = _cpu_recipe(name, model, data, steps=1500, env="aloha_sim")
+    return dataclasses.replace(config, policy_metadata={**config.policy_metadata, "tasks": [task]})
 
 
 def _low_mem(name: str, decoder) -> TrainConfig:
@@ -280,6 +284,8 @@ _CONFIGS: list[TrainConfig] = [
     _aloha_sim_cpu("pi0_eqm_aloha_sim_cpu", EqmConfig()),
     _aloha_sim_cpu("pi05_aloha_sim_cpu", FlowConfig(), "pi05_metaworld"),
     _aloha_sim_cpu("pi05_eqm_aloha_sim_cpu", EqmConfig(), "pi05_metaworld"),
+    _aloha_sim_cpu("pi0_aloha_sim_insertion_cpu", FlowConfig(), task="insertion"),
+    _aloha_sim_cpu("pi0_eqm_aloha_sim_insertion_cpu", EqmConfig(), task="insertion"),
     # LIBERO LoRA fine-tuning (openpi's pi0_libero_low_mem_finetune): LoRA on both Gemmas, their base weights frozen
     # (and stored in bf16), SigLIP and the projections trained, no EMA.
     _low_mem("pi0_libero_low_mem_finetune", FlowConfig()),

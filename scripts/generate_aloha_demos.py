@@ -27,7 +27,7 @@ class Args:
     episodes: int = 50  # successful episodes to keep
     seed: int = 0  # demo configurations; evaluation uses another seed (held-out poses)
     resolution: int = 64  # the top camera, rendered at the size the model uses
-    max_tries: int | None = None  # configurations to try (default 3 × episodes)
+    max_tries: int | None = None  # configurations to try (default 5 × episodes)
     root: str | None = None  # default: $PI0_DATA_HOME/lerobot (./data/lerobot)
     overwrite: bool = False
 

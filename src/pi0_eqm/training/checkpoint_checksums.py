@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pi0_eqm.compilation import jit_once
+
 FORMAT = 1
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 
@@ -55,7 +57,7 @@ def _one(x: jax.Array) -> jax.Array:
 
 @functools.cache
 def _jitted():
-    return jax.jit(lambda leaves: [_one(x) for x in leaves])
+    return jit_once(lambda leaves: [_one(x) for x in leaves])
 
 
 def _flat(items: Mapping[str, Any]) -> dict[str, jax.Array]:

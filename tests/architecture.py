@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAB_ROOTS = ("lab", "notebooks")
 MAX_LINES = 500
 # Package → layer; a module may import its own package or a lower layer only.
-LAYERS = {"errors": 0, "atomic": 0, "compilation": 0, "data": 1, "serving": 1, "models": 2, "decoders": 3, "robots": 3, "envs": 4,
+LAYERS = {"errors": 0, "atomic": 0, "data": 1, "serving": 1, "models": 2, "decoders": 3, "robots": 3, "envs": 4,
           "training": 5, "policies": 6, "benchmarks": 7, "cli": 8}
 
 

@@ -22,13 +22,13 @@ the tokenizer transform). EqM passes t ≡ 0 through the same path, so the tree 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pi0_eqm.compilation import jit_once
 from pi0_eqm.models import gemma as _gemma
 from pi0_eqm.models import siglip as _siglip
 from pi0_eqm.models.decoder_config import DecoderConfig
@@ -147,7 +147,7 @@ class Pi0Config:
         return _init(self, batch_size, rng)
 
 
-@jit_once(static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _init(config: Pi0Config, batch_size: int, rng: jax.Array) -> dict[str, Any]:
     return config.build().init(rng, config.fake_obs(batch_size), config.fake_actions(batch_size),
                                method=Pi0.init_all)["params"]

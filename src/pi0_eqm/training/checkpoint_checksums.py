@@ -23,8 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi0_eqm.compilation import jit_once
-
 FORMAT = 1
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 
@@ -57,7 +55,7 @@ def _one(x: jax.Array) -> jax.Array:
 
 @functools.cache
 def _jitted():
-    return jit_once(lambda leaves: [_one(x) for x in leaves])
+    return jax.jit(lambda leaves: [_one(x) for x in leaves])
 
 
 def _flat(items: Mapping[str, Any]) -> dict[str, jax.Array]:

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from pi0_eqm.atomic import atomic_write_bytes
-from pi0_eqm.compilation import jit_once
 from pi0_eqm.data.loader import DataLoader
 from pi0_eqm.decoders import make_decoder
 from pi0_eqm.models.ki import FAST_TOKENIZER_DIR
@@ -109,7 +108,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     atomic_write_bytes(path, "".join(records[s] + "\n" for s in sorted(records)).encode())
 
 
-@jit_once
+@jax.jit
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
@@ -239,7 +238,7 @@ def _train_in(setup: _Setup, manager, resuming: bool, *, progress: bool, stop_af
             data_iter.set_state(data_state)
         logger.info("resumed from step %d of %s", start, config.checkpoint_dir)
     else:
-        state = jit_once(setup.init_state, out_shardings=state_sharding)()
+        state = jax.jit(setup.init_state, out_shardings=state_sharding)()
         params = config.weight_loader.load(_sharding.gather_to_host(state.params))  # multi-host: every process
         state = _sharding.shard_train_state(
             state.replace(params=params, ema_params=params if config.ema_decay is not None else None), mesh,

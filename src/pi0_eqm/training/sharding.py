@@ -36,8 +36,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from pi0_eqm.compilation import jit_once
-
 logger = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
@@ -157,7 +155,7 @@ def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args, min_size_mbytes
     abstract = jax.eval_shape(init_fn, *args)
     shardings = state_shardings(abstract, mesh, min_size_mbytes, log=log)
     with jax.set_mesh(mesh):
-        return jit_once(init_fn, out_shardings=shardings)(*args)
+        return jax.jit(init_fn, out_shardings=shardings)(*args)
 
 
 def jit_train_step(

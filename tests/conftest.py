@@ -28,6 +28,7 @@ import pytest  # noqa: E402
 from pi0_eqm.training import loop  # noqa: E402
 from pi0_eqm.training.config import get_config  # noqa: E402
 from pi0_eqm.training.norm_stats import compute_for_config  # noqa: E402
+from tests import cpu_time  # noqa: E402
 from tests.policies.conftest import make_libero_dataset  # noqa: E402
 
 # Compiled executables are kept across test modules (each module would otherwise compile the same model functions and
@@ -68,6 +69,16 @@ MODULE_SECONDS = {
     "tests/training/test_train_loop.py": 60, "tests/examples/test_vla_eval_libero.py": 45,
     "tests/test_architecture.py": 45, "tests/models/test_lora.py": 40, "tests/policies/test_policy.py": 40,
 }
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-time", action="store_true",
+                     help="report the CPU seconds of every test and module (tests/cpu_time.py)")
+
+
+def pytest_configure(config):
+    if config.getoption("--cpu-time"):
+        config.pluginmanager.register(cpu_time, "cpu_time")
 
 
 def pytest_collection_modifyitems(config, items):

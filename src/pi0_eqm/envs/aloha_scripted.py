@@ -229,7 +229,8 @@ def generate_aloha_dataset(root: str | Path, task: str, *, episodes: int = 50, s
                            max_tries: int | None = None, overwrite: bool = False, progress: bool = True) -> Path:
     """Writes (or reuses) ``<root>/<name>`` with ``episodes`` successful scripted episodes of ``task`` (configurations
     0, 1, … of ``AlohaSimEnv(task, seed)``; failed replays are skipped, at most ``max_tries`` configurations, default
-    5 × ``episodes``: the insertion expert's replays succeed on about a third). Returns the dataset directory; its ``meta/expert.json`` records the expert's success rate."""
+    5 × ``episodes``: the insertion expert's replays succeed on about a third). Returns the dataset directory; its
+    ``meta/expert.json`` records the expert's success rate."""
     check_task(task)
     root = Path(root) / dataset_name(task, episodes, seed, resolution)
     if (root / "meta" / "info.json").is_file() and not overwrite:
